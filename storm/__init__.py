@@ -19,7 +19,7 @@ _SUBMODULES = ("datasets", "io", "pp", "tl", "pl", "nn", "models", "train", "met
 if TYPE_CHECKING:  # pragma: no cover
     from . import datasets, io, metrics, models, nn, pl, pp, tl, train
 
-__all__ = ["__version__", "logger", *_SUBMODULES]
+__all__ = ["__version__", "datasets", "io", "logger", "metrics", "models", "nn", "pl", "pp", "tl", "train"]
 
 
 def __getattr__(name: str):

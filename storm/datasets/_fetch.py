@@ -10,8 +10,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .._logging import logger
-from .._settings import MIRROR_ENV, data_dir, mirror_dirs
+from storm._logging import logger
+from storm._settings import MIRROR_ENV, data_dir, mirror_dirs
+
 from ._registry import RegistryEntry, registry
 
 

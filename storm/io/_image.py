@@ -39,7 +39,9 @@ class LazyImage:
                 width, height = im.size
                 self.mode = im.mode
         except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"{self.path} is not an image file PIL can read ({err}). Convert it to TIFF/PNG/JPEG.") from err
+            raise ValueError(
+                f"{self.path} is not an image file PIL can read ({err}). Convert it to TIFF/PNG/JPEG."
+            ) from err
         if width * height > max_pixels:
             raise ValueError(
                 f"{self.path} has {width} × {height} = {width * height:,} pixels, more than max_pixels={max_pixels:,}. "
@@ -99,5 +101,17 @@ class LazyImage:
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LazyImage:
-    """Open an image lazily (see :class:`LazyImage`)."""
+    """Open an image lazily: read its header now, decode its pixels on first use.
+
+    Parameters
+    ----------
+    path
+        An image file PIL can read.
+    max_pixels
+        Refuse images with more pixels (decompression-bomb guard).
+
+    Returns
+    -------
+    A :class:`LazyImage`.
+    """
     return LazyImage(path, max_pixels=max_pixels)

@@ -1,0 +1,46 @@
+# The two commands of the README:  `make quickstart`  and  `make test`.
+# Both create the virtual environment on first use (torch first, so that no CUDA build is pulled).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+# torch==2.13.0 is a local CPU build on the development machines; elsewhere set TORCH_SPEC (e.g. "torch" on a GPU box).
+TORCH_SPEC ?= torch==2.13.0
+SECTION ?= 151673
+RESULTS ?= results
+PYTEST_ARGS ?= -n 2 -m "not gpu"
+
+# Use the shared data mirror beside the checkout when there is one; elsewhere the loaders download.
+ifneq ($(wildcard ../shared/data/MANIFEST.tsv),)
+export STORM_DATA_MIRROR ?= $(abspath ../shared/data)
+endif
+export MPLBACKEND ?= agg
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.storm-installed
+
+.PHONY: env quickstart test lint benchmarks clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e . --group test
+	touch $@
+
+quickstart: env
+	mkdir -p $(RESULTS)/quickstart
+	$(BIN)/papermill tutorials/01_quickstart.ipynb $(RESULTS)/quickstart/01_quickstart.ipynb \
+		-p section $(SECTION) -p results_dir $(abspath $(RESULTS))/quickstart --cwd tutorials
+	@echo "Executed notebook and figures: $(RESULTS)/quickstart/"
+
+test: env
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: env
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check storm tests benchmarks && $(BIN)/ruff format --check storm tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(RESULTS) .pytest_cache

@@ -1,0 +1,166 @@
+"""Helpers shared by the spot readers: physical scale from the spot grid, the ``uns['spatial']`` entry, input checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from anndata.utils import make_index_unique
+from scipy import sparse
+
+from storm._logging import logger
+
+from ._image import LazyImage
+
+# Side of the plotting thumbnail made from a full-resolution image (Space Ranger's hires image has the same size).
+HIRES_SIDE = 2000
+
+
+def require_file(path: str | os.PathLike, what: str, advice: str = "") -> Path:
+    """Return ``path`` as a Path, or raise a FileNotFoundError that names ``what`` was expected there and what to do."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        hint = f" {advice}" if advice else ""
+        raise FileNotFoundError(f"No {what} at {path}.{hint}")
+    return path
+
+
+def fit_pixels_per_micron(grid_um: np.ndarray, pixels: np.ndarray, *, what: str = "spots") -> tuple[float, float]:
+    """Fit full-resolution pixels per µm from spots' grid positions (µm) and their pixel positions.
+
+    A least-squares affine map ``pixels ≈ grid_um @ A + b`` absorbs rotation, flips and offsets; the isotropic scale is
+    ``sqrt(|det A|)``. Returns the scale and the root-mean-square residual in pixels.
+    """
+    grid_um = np.asarray(grid_um, dtype=float)
+    pixels = np.asarray(pixels, dtype=float)
+    ok = np.isfinite(grid_um).all(1) & np.isfinite(pixels).all(1)
+    grid_um, pixels = grid_um[ok], pixels[ok]
+    design = np.c_[grid_um, np.ones(len(grid_um))]
+    if len(grid_um) < 3 or np.linalg.matrix_rank(design) < 3:
+        raise ValueError(
+            f"Cannot fit the spot pitch: fewer than 3 {what} off one line ({len(grid_um)} with finite positions). "
+            "Set `uns['spatial'][library_id]['scalefactors']['microns_per_pixel']` by hand."
+        )
+    coef, *_ = np.linalg.lstsq(design, pixels, rcond=None)
+    scale = float(np.sqrt(abs(np.linalg.det(coef[:2]))))
+    rms = float(np.sqrt(((design @ coef - pixels) ** 2).sum(1).mean()))
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"The grid and pixel positions of the {what} give no usable scale (fitted {scale}).")
+    return scale, rms
+
+
+def check_fit(rms_px: float, pitch_px: float, library_id: str) -> None:
+    """Warn when spots sit far off a regular grid: swapped row/column columns or a mismatched positions file."""
+    if rms_px > 0.25 * pitch_px:
+        logger.warning(
+            "Spot positions of %r fit the array grid poorly (RMS residual %.0f px for a %.0f px pitch): check that "
+            "the positions file belongs to these counts and that its columns are in the expected order.",
+            library_id,
+            rms_px,
+            pitch_px,
+        )
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Return an (h, w, 3) uint8 RGB array from a PIL-read array (grey, RGBA, 16-bit or float images included)."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.shape[-1] == 4:  # Space Ranger writes RGBA PNGs; alpha carries nothing
+        img = img[..., :3]
+    if img.dtype == np.uint8:
+        return np.ascontiguousarray(img)
+    if np.issubdtype(img.dtype, np.floating):
+        scale = 255.0 if img.max(initial=0) <= 1.0 else 1.0
+        return np.clip(np.rint(img * scale), 0, 255).astype(np.uint8)
+    if img.dtype == np.uint16:
+        return (img // 257).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Read a small image (Space Ranger's hires/lowres PNG) into a uint8 RGB array; unreadable → ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return to_rgb_uint8(np.asarray(im.convert("RGB") if im.mode in {"P", "CMYK", "YCbCr", "LA"} else im))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{path} is not an image file PIL can read ({err}). Re-export it as PNG.") from err
+
+
+def attach_fullres(
+    spatial_entry: dict[str, Any],
+    image: str | os.PathLike | LazyImage,
+    coords: np.ndarray,
+    *,
+    thumbnail: bool,
+    max_side: int = HIRES_SIDE,
+) -> LazyImage:
+    """Record a full-resolution image lazily in one ``uns['spatial'][lib]`` entry; optionally add a hires thumbnail.
+
+    The image header is read (size), never its pixels: :meth:`LazyImage.thumbnail` decodes a JPEG at 1/2–1/8 scale
+    directly. Spot centres outside the image mean the image does not belong to these coordinates: ValueError.
+    """
+    lazy = image if isinstance(image, LazyImage) else LazyImage(image)
+    height, width, _ = lazy.shape
+    coords = np.asarray(coords, dtype=float)
+    if len(coords):
+        outside = (coords[:, 0] < 0) | (coords[:, 1] < 0) | (coords[:, 0] >= width) | (coords[:, 1] >= height)
+        if outside.any():
+            raise ValueError(
+                f"{outside.sum()} of {len(coords)} spot centres lie outside the {width} × {height} px image "
+                f"{lazy.path} (x up to {coords[:, 0].max():.0f}, y up to {coords[:, 1].max():.0f}): it is not the "
+                "full-resolution image these coordinates refer to (another section, or a downscaled copy)."
+            )
+    meta = spatial_entry["metadata"]
+    meta["fullres_path"] = str(lazy.path.resolve())
+    meta["fullres_shape"] = [int(height), int(width)]
+    if thumbnail:
+        thumb, scalef = lazy.thumbnail(max_side)
+        spatial_entry["images"]["hires"] = thumb
+        spatial_entry["scalefactors"]["tissue_hires_scalef"] = float(scalef)
+    return lazy
+
+
+def spatial_entry(*, platform: str, source: str, scalefactors: dict[str, float]) -> dict[str, Any]:
+    """Return a fresh ``uns['spatial'][library_id]`` entry in the layout of DEVELOPERS.md."""
+    return {
+        "images": {},
+        "scalefactors": {k: float(v) for k, v in scalefactors.items()},
+        "metadata": {"platform": platform, "source": source},
+    }
+
+
+def spot_anndata(
+    counts: sparse.spmatrix | np.ndarray | None,
+    *,
+    obs: pd.DataFrame,
+    var: pd.DataFrame | None,
+    spatial_xy: np.ndarray,
+    library_id: str,
+    entry: dict[str, Any],
+) -> AnnData:
+    """Assemble a spot-level AnnData in the layout contract: float32 CSR counts, float64 (x, y), categorical library."""
+    n = len(obs)
+    if counts is None:
+        X = sparse.csr_matrix((n, 0), dtype=np.float32)
+        var = pd.DataFrame(index=pd.Index([], dtype=object))
+    else:
+        X = sparse.csr_matrix(counts, dtype=np.float32)
+        var = var.copy()
+        # unique symbols: a few genes share one (PAR genes, Excel-era renames); keep all, suffixed -1, -2, …
+        var.index = make_index_unique(pd.Index(var.index.astype(str)))
+    obs = obs.copy()
+    obs["library_id"] = pd.Categorical([library_id] * n)
+    for key in ("array_row", "array_col"):
+        if key in obs:
+            obs[key] = obs[key].astype(np.int64)
+    adata = AnnData(X=X, obs=obs, var=var)
+    adata.obsm["spatial"] = np.ascontiguousarray(spatial_xy, dtype=np.float64)
+    adata.uns["spatial"] = {library_id: entry}
+    return adata

@@ -1,0 +1,68 @@
+"""Pure-torch building blocks of STORM (no AnnData; tensors in, tensors out).
+
+Imports only torch (timm and novae are optional and imported lazily), so it runs on GPU nodes with a minimal
+environment. The user-facing model that connects these modules to AnnData lives in :mod:`storm.models`.
+"""
+
+from ._alibi import alibi_slopes, attention_mask, spatial_alibi_bias
+from ._attention import FeedForward, SelfAttention, TransformerBlock
+from ._batch import BatchKeys
+from ._config import StormNetConfig
+from ._decoders import TokenDecoder
+from ._ema import EMATeacher
+from ._expression_encoder import ExpressionEncoder, RawExpressionEncoder, broadcast_gene_mask
+from ._heads import ExpressionHead, l1_l2_loss
+from ._image_encoders import HE_MEAN, HE_STD, ConvImageEncoder, ImageEncoder, to_unit_float
+from ._llrd import layerwise_lr_groups, parameter_layer_ids
+from ._losses import masked_expression_loss, token_regression_loss
+from ._masking import sample_modality_drop, sample_position_mask
+from ._multiway import MultiwayBlock, apply_per_segment
+from ._novae import NovaeExpressionEncoder
+from ._pretrain_model import PRETRAINING_ONLY_PREFIXES, StormPretrainModel
+from ._spatial_encoder import MODALITIES, SpatialEncoder, SpatialEncoderOutput, centre_embedding
+from ._stain_features import RGB_FROM_HED, StainTextureFeaturizer, rgb_to_hed
+from ._timm_encoder import KNOWN_TIMM_KWARGS, TimmImageEncoder, WeightsUnavailableError
+
+__all__ = [
+    "HE_MEAN",
+    "HE_STD",
+    "KNOWN_TIMM_KWARGS",
+    "MODALITIES",
+    "PRETRAINING_ONLY_PREFIXES",
+    "RGB_FROM_HED",
+    "BatchKeys",
+    "ConvImageEncoder",
+    "EMATeacher",
+    "ExpressionEncoder",
+    "ExpressionHead",
+    "FeedForward",
+    "ImageEncoder",
+    "MultiwayBlock",
+    "NovaeExpressionEncoder",
+    "RawExpressionEncoder",
+    "SelfAttention",
+    "SpatialEncoder",
+    "SpatialEncoderOutput",
+    "StainTextureFeaturizer",
+    "StormNetConfig",
+    "StormPretrainModel",
+    "TimmImageEncoder",
+    "TokenDecoder",
+    "TransformerBlock",
+    "WeightsUnavailableError",
+    "alibi_slopes",
+    "apply_per_segment",
+    "attention_mask",
+    "broadcast_gene_mask",
+    "centre_embedding",
+    "l1_l2_loss",
+    "layerwise_lr_groups",
+    "masked_expression_loss",
+    "parameter_layer_ids",
+    "rgb_to_hed",
+    "sample_modality_drop",
+    "sample_position_mask",
+    "spatial_alibi_bias",
+    "to_unit_float",
+    "token_regression_loss",
+]

@@ -1,0 +1,5 @@
+"""Plots (:mod:`storm.pl`): spatial maps over the H&E, embeddings, expression, clinical."""
+
+from ._spatial import spatial
+
+__all__ = ["spatial"]

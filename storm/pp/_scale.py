@@ -1,0 +1,265 @@
+"""Physical scale of each slide (µm per pixel) and the image its patches are cut from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from storm._logging import logger
+from storm.io._image import LazyImage
+from storm.io._spatial import check_fit, fit_pixels_per_micron, to_rgb_uint8
+
+from ._validate import check_libraries, check_positive, check_spatial
+
+#: Grid platforms: centre-to-centre spot pitch in µm (Visium: hexagonal; legacy ST: square).
+VISIUM_PITCH_UM = 100.0
+ST_PITCH_UM = 200.0
+#: What 10x calls the spot of ``spot_diameter_fullres`` ("a theoretical 65 µm spot", Space Ranger ≥ 1.3), not the
+#: 55 µm capture area: 55 / spot_diameter_fullres underestimates µm per pixel by ~15 % on the squidpy Visium crop
+#: and by ~21 % on DLPFC (whose older Space Ranger diameter fits neither), hence the grid fit comes first.
+SPACERANGER_SPOT_UM = 65.0
+GRID_PLATFORMS = ("visium", "st")
+IMAGE_CHOICES = ("auto", "fullres", "hires", "lowres")
+
+
+@dataclass(frozen=True)
+class SlideScale:
+    """µm per full-resolution pixel of one slide and where that number came from."""
+
+    microns_per_pixel: float
+    source: str
+
+
+@dataclass
+class SlideImage:
+    """The image a slide's patches are cut from, with its scale relative to full-resolution pixels."""
+
+    name: str  # "fullres", "hires" or "lowres"
+    scalef: float  # image px per full-res px
+    shape: tuple[int, int]  # (height, width)
+    source: LazyImage | np.ndarray
+
+    def array(self) -> np.ndarray:
+        """Return the pixels as a uint8 (height, width, 3) RGB array (decoding a full-resolution file once)."""
+        if isinstance(self.source, LazyImage):
+            return self.source.load()
+        return to_rgb_uint8(self.source)
+
+
+def _slide_entry(adata: AnnData, library_id: str) -> dict:
+    return adata.uns["spatial"][library_id]
+
+
+def slide_platform(adata: AnnData, library_id: str) -> str | None:
+    """Return ``metadata['platform']`` (lower case) of a slide.
+
+    Without one, a slide with ``spot_diameter_fullres`` is taken to be Visium: :func:`scanpy.read_visium` writes
+    Space Ranger's scale factors but no platform.
+    """
+    entry = _slide_entry(adata, library_id)
+    platform = (entry.get("metadata") or {}).get("platform")
+    if platform:
+        return str(platform).lower()
+    if "spot_diameter_fullres" in (entry.get("scalefactors") or {}):
+        return "visium"
+    return None
+
+
+def _grid_um(array_rc: np.ndarray, platform: str) -> tuple[np.ndarray, float]:
+    """Physical (x, y) in µm of grid positions (row, col), and the pitch.
+
+    Legacy ST: a spot every 200 µm both ways (col = x, row = y). Visium: columns step 2 per spot within a row (50 µm
+    per column unit), rows 100·√3/2 µm apart.
+    """
+    row, col = array_rc[:, 0], array_rc[:, 1]
+    if platform == "st":
+        return np.column_stack([col * ST_PITCH_UM, row * ST_PITCH_UM]), ST_PITCH_UM
+    return np.column_stack([col * VISIUM_PITCH_UM / 2, row * VISIUM_PITCH_UM * np.sqrt(3) / 2]), VISIUM_PITCH_UM
+
+
+def slide_scale(adata: AnnData, library_id: str, rows: np.ndarray, xy: np.ndarray | None = None) -> SlideScale:
+    """Return µm per full-resolution pixel of a slide.
+
+    Order: ``scalefactors['microns_per_pixel']``; on Visium and legacy ST a least-squares fit of ``obsm['spatial']``
+    against the spots' grid positions ``obs['array_row'/'array_col']`` (``rows``: the obs rows of that slide) on the
+    100 µm / 200 µm pitch; on Visium without array coordinates ``65 / spot_diameter_fullres`` (approximate; logged).
+
+    Raises
+    ------
+    ValueError
+        If none of these applies (no scale).
+    """
+    entry = _slide_entry(adata, library_id)
+    sf = entry.get("scalefactors") or {}
+    where = f"`uns['spatial'][{library_id!r}]['scalefactors']`"
+    if sf.get("microns_per_pixel") is not None:
+        mpp = sf["microns_per_pixel"]
+        try:
+            check_positive(float(mpp), "microns_per_pixel")
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}['microns_per_pixel'] = {mpp!r} is not a positive number.") from err
+        return SlideScale(float(mpp), "microns_per_pixel")
+    platform = slide_platform(adata, library_id)
+    fit_error = ""
+    if platform in GRID_PLATFORMS and {"array_row", "array_col"} <= set(adata.obs.columns):
+        if xy is None:
+            xy = check_spatial(adata)
+        grid, pitch = _grid_um(adata.obs[["array_row", "array_col"]].to_numpy(dtype=np.float64)[rows], platform)
+        try:
+            px_per_um, rms = fit_pixels_per_micron(grid, xy[rows], what=f"spots of slide {library_id!r}")
+        except ValueError as err:
+            fit_error = f" ({err})"
+        else:
+            check_fit(rms, pitch * px_per_um, library_id)
+            return SlideScale(1.0 / px_per_um, f"{platform}_pitch_fit")
+    diameter = sf.get("spot_diameter_fullres")
+    if platform == "visium" and diameter is not None and np.isfinite(diameter) and diameter > 0:
+        logger.warning(
+            f"Slide {library_id!r}: no `microns_per_pixel` and no spot grid to fit; using {SPACERANGER_SPOT_UM:g} µm / "
+            "spot_diameter_fullres, which is only approximate (10x's 'theoretical spot'). Add obs['array_row'/"
+            "'array_col'] or set `microns_per_pixel`."
+        )
+        return SlideScale(SPACERANGER_SPOT_UM / float(diameter), "spot_diameter_fullres")
+    hint = {
+        "st": "add obs['array_row'/'array_col'] (the spot grid) to fit the 200 µm pitch, or set it",
+        "visium": "add obs['array_row'/'array_col'] (the spot grid) to fit the 100 µm pitch, or set it",
+    }.get(platform or "", "set it (cells/bins with µm coordinates: 1.0)")
+    raise ValueError(
+        f"No physical scale for slide {library_id!r} (platform {platform!r}){fit_error}: {where} has no "
+        f"'microns_per_pixel' and none can be derived. {hint[0].upper() + hint[1:]}: "
+        f"{where}['microns_per_pixel'] = µm per full-res pixel."
+    )
+
+
+def slide_image(adata: AnnData, library_id: str, image: str = "auto") -> SlideImage:
+    """Pick the image of a slide that patches are cut from (reading only a full-resolution file's header).
+
+    ``"auto"``: the full-resolution file (``metadata['fullres_path']``) when recorded, else ``images['hires']``,
+    else ``images['lowres']``.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not a known choice or the slide has no such image.
+    FileNotFoundError
+        If a recorded ``fullres_path`` does not exist.
+    """
+    if image not in IMAGE_CHOICES:
+        raise ValueError(f"`image` must be one of {IMAGE_CHOICES}, got {image!r}.")
+    entry = _slide_entry(adata, library_id)
+    images = entry.get("images") or {}
+    sf = entry.get("scalefactors") or {}
+    path = (entry.get("metadata") or {}).get("fullres_path")
+    where = f"`uns['spatial'][{library_id!r}]`"
+    if image in ("auto", "fullres") and path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Slide {library_id!r} records a full-resolution image at {path!r}, which does not exist. Fetch it "
+                "again (the `storm.datasets` loader), fix `metadata['fullres_path']`, or pass `image='hires'`."
+            )
+        lazy = LazyImage(path)
+        return SlideImage("fullres", 1.0, lazy.shape[:2], lazy)
+    if image == "fullres":
+        raise ValueError(
+            f"Slide {library_id!r} has no full-resolution image: {where}['metadata'] has no 'fullres_path'."
+        )
+    for name in ("hires", "lowres") if image == "auto" else (image,):
+        if name in images:
+            key = f"tissue_{name}_scalef"
+            if key not in sf:
+                raise ValueError(
+                    f"{where}['images'][{name!r}] has no scale factor: set {where}['scalefactors'][{key!r}]."
+                )
+            scalef = float(sf[key])
+            check_positive(scalef, key)
+            arr = np.asarray(images[name])
+            if arr.ndim not in (2, 3):
+                raise ValueError(f"{where}['images'][{name!r}] has shape {arr.shape}; expected (height, width, 3).")
+            return SlideImage(name, scalef, (int(arr.shape[0]), int(arr.shape[1])), arr)
+    wanted = "no image at all" if image == "auto" else f"no {image!r} image"
+    raise ValueError(
+        f"Slide {library_id!r} has {wanted}: add {where}['metadata']['fullres_path'] (a full-resolution file) or "
+        f"{where}['images']['hires'|'lowres'] with its `tissue_*_scalef`."
+    )
+
+
+def patch_scale(
+    adata: AnnData,
+    *,
+    size_um: float = 55.0,
+    out_px: int = 224,
+    library_id: str | None = None,
+    image: str = "auto",
+    library_key: str = "library_id",
+) -> pd.DataFrame:
+    """Report the pixel scale :func:`storm.pp.extract_patches` uses on each slide, without decoding any image.
+
+    Parameters
+    ----------
+    adata
+        Spots with ``obsm['spatial']`` (full-resolution pixels) and ``uns['spatial'][library_id]``.
+    size_um
+        Side of a patch in µm.
+    out_px
+        Side of a patch in pixels after resizing.
+    library_id
+        Only this slide; default: every slide in ``adata.obs[library_key]``.
+    image
+        ``"auto"``, ``"fullres"``, ``"hires"`` or ``"lowres"`` (see :func:`storm.pp.extract_patches`).
+    library_key
+        Column of ``adata.obs`` that names each spot's slide.
+
+    Returns
+    -------
+    One row per slide (index ``library_id``) with columns ``image`` (the image used), ``image_height``,
+    ``image_width``, ``scalef`` (image px per full-res px), ``microns_per_pixel`` (µm per full-res px),
+    ``mpp_source`` (``"microns_per_pixel"``, ``"visium_pitch_fit"``, ``"st_pitch_fit"`` or
+    ``"spot_diameter_fullres"``), ``image_microns_per_pixel``, ``crop_px`` (``size_um`` in image pixels), ``zoom``
+    (``out_px / crop_px``; above 1 the patch is upsampled), ``n_spots`` and ``n_outside`` (spot centres outside the
+    image, which :func:`storm.pp.extract_patches` refuses: a sign of a wrong scale factor). ``adata`` is not modified.
+    """
+    check_positive(size_um, "size_um")
+    check_positive(out_px, "out_px", integer=True)
+    xy = check_spatial(adata)
+    libs, codes = check_libraries(adata, library_key)
+    if library_id is not None and library_id not in libs:
+        raise ValueError(f"library_id {library_id!r} is not in `adata.obs[{library_key!r}]` (slides: {libs}).")
+    records = []
+    for code, lib in enumerate(libs):
+        if library_id is not None and lib != library_id:
+            continue
+        rows = np.flatnonzero(codes == code)
+        scale = slide_scale(adata, lib, rows, xy)
+        img = slide_image(adata, lib, image)
+        crop_px = size_um / scale.microns_per_pixel * img.scalef
+        pix = xy[rows] * img.scalef
+        height, width = img.shape
+        n_outside = int(
+            np.count_nonzero((pix < -0.5).any(axis=1) | (pix[:, 0] > width - 0.5) | (pix[:, 1] > height - 0.5))
+        )
+        if n_outside:
+            logger.warning(
+                f"patch_scale: {n_outside} spots of slide {lib!r} lie outside its {img.name} image; "
+                "extract_patches will refuse them (check the scale factors)."
+            )
+        records.append(
+            {
+                "library_id": lib,
+                "image": img.name,
+                "image_height": img.shape[0],
+                "image_width": img.shape[1],
+                "scalef": img.scalef,
+                "microns_per_pixel": scale.microns_per_pixel,
+                "mpp_source": scale.source,
+                "image_microns_per_pixel": scale.microns_per_pixel / img.scalef,
+                "crop_px": crop_px,
+                "zoom": out_px / crop_px,
+                "n_spots": len(rows),
+                "n_outside": n_outside,
+            }
+        )
+    return pd.DataFrame.from_records(records).set_index("library_id")

@@ -1,0 +1,41 @@
+"""Shared test set-up: the data mirror beside the checkout, a private cache, a non-interactive plot backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MIRROR = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("MPLBACKEND", "agg")
+if "STORM_DATA_MIRROR" not in os.environ and SHARED_MIRROR.is_dir():
+    os.environ["STORM_DATA_MIRROR"] = str(SHARED_MIRROR)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep test downloads out of the user's cache (mirrors are read in place, never copied)."""
+    previous = os.environ.get("STORM_DATA_DIR")
+    os.environ["STORM_DATA_DIR"] = str(tmp_path_factory.mktemp("storm-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("STORM_DATA_DIR", None)
+    else:
+        os.environ["STORM_DATA_DIR"] = previous
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip GPU tests where no CUDA device exists, and data tests where no mirror or network is available."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
