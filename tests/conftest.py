@@ -16,6 +16,20 @@ if "STORM_DATA_MIRROR" not in os.environ and SHARED_MIRROR.is_dir():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread per test worker: tiny models on a 2-core machine run 10–30× slower with more."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _private_data_cache(tmp_path_factory: pytest.TempPathFactory):
     """Keep test downloads out of the user's cache (mirrors are read in place, never copied)."""
     previous = os.environ.get("STORM_DATA_DIR")

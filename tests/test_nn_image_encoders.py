@@ -75,7 +75,8 @@ def test_stain_featurizer_is_deterministic_and_separates_eosin_from_haematoxylin
     assert out.shape == (6, feat.out_dim)
     assert torch.isfinite(out).all()
     assert torch.equal(out, feat(x.clone()))  # deterministic
-    assert torch.equal(out[:1], feat(x[:1]))  # independent of the batch
+    # independent of the batch (up to rounding: multi-threaded convolutions block by batch size)
+    assert torch.allclose(out[:1], feat(x[:1]), atol=1e-6)
     h = feat.feature_names.index("hed_h_mean")
     e = feat.feature_names.index("hed_e_mean")
     assert out[3:, h].min() > out[:3, h].max()

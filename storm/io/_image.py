@@ -74,7 +74,10 @@ class LazyImage:
         if self._array is None:
             try:
                 with self._open() as im:
-                    self._array = np.asarray(im.convert("RGB"))
+                    # convert() copies even an RGB image: skip it then (a 9,300-px scan is 275 MB per copy)
+                    rgb = im if im.mode == "RGB" else im.convert("RGB")
+                    self._array = np.asarray(rgb)
+                    del rgb
             except OSError as err:
                 raise ValueError(f"Could not decode {self.path}: {err}. The file may be truncated or corrupt.") from err
         return self._array

@@ -75,7 +75,7 @@ def _unavailable_message(name: str, err: BaseException, weights_path: str | None
         "This machine may be offline, or the model may be gated on the Hugging Face Hub. Options:\n"
         f"  - where the Hub is reachable: accept the model's terms on https://huggingface.co/{repo}, run "
         f"`huggingface-cli login`, then `huggingface-cli download {repo}` to fill the cache; afterwards set "
-        "HF_HUB_OFFLINE=1 so the cache is used without a network;\n"
+        "HF_HUB_OFFLINE=1 so the cache is used without a network (offline, it also skips the Hub's retries);\n"
         "  - or pass weights_path='/path/to/model.safetensors' (for an 'hf-hub:' name its config.json must be "
         "cached too; otherwise give a timm architecture name);\n"
         "  - or use storm's offline default image encoder, ConvImageEncoder (StormNetConfig(image_encoder='conv'))."
