@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import measure, print_table  # noqa: E402
+from _harness import measure, print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 if "STORM_DATA_MIRROR" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():
@@ -24,7 +24,7 @@ if "STORM_DATA_MIRROR" not in os.environ and (ROOT.parent / "shared" / "data").i
 
 
 def import_only():
-    import storm.datasets  # noqa: F401
+    import storm.datasets
     import storm.pp  # noqa: F401
 
 

@@ -16,15 +16,6 @@ from storm.nn import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on shared CPUs (10-30x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_expression_head_and_l1_l2_loss():
     head = ExpressionHead(16, 50, hidden_dim=32, n_layers=2)
     assert head(torch.randn(4, 16)).shape == (4, 50)

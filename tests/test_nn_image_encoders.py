@@ -4,15 +4,6 @@ import torch
 from storm.nn import RGB_FROM_HED, ConvImageEncoder, ImageEncoder, StainTextureFeaturizer, rgb_to_hed, to_unit_float
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on shared CPUs (10-30x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _stained_patch(concentration: float, stain: int, seed: int, size: int = 24) -> torch.Tensor:
     """A uint8 patch of one pure stain (Beer–Lambert), with a little noise."""
     m = torch.tensor(RGB_FROM_HED)

@@ -5,16 +5,6 @@ import torch
 
 from storm.nn import BatchKeys, StormNetConfig, StormPretrainModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on shared CPUs (10-30x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 B, W, G, PX = 3, 9, 20, 16
 
 

@@ -3,16 +3,6 @@ import torch
 
 from storm.nn import MultiwayBlock, SpatialEncoder, apply_per_segment, centre_embedding
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on shared CPUs (10-30x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 B, W, D_IMG, D_EXPR, DIM = 3, 9, 12, 10, 16
 
 

@@ -14,15 +14,6 @@ from storm.nn import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on shared CPUs (10-30x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyViT(nn.Module):
     """Stand-in for a timm ViT: class token, patch embedding, blocks, norm, head; returns tokens."""
 

@@ -2,6 +2,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _data import real
 from scipy import sparse
 
 import storm.pp as pp
@@ -99,16 +100,6 @@ def test_duplicated_var_names():
     adata = panel_adata(("GAPDH", "GAPDH", "CD3E"))
     with pytest.raises(ValueError, match="var names occur more than once"):
         pp.harmonize_genes(adata, ["GAPDH"])
-
-
-def real(name, *args):
-    datasets = pytest.importorskip("storm.datasets")
-    if not hasattr(datasets, name):
-        pytest.skip(f"storm.datasets.{name} is not available")
-    try:
-        return getattr(datasets, name)(*args)
-    except getattr(datasets, "DataUnavailableError", OSError) as err:  # no mirror and no network
-        pytest.skip(str(err))
 
 
 def test_her2st_and_dlpfc_on_one_panel():

@@ -2,6 +2,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _data import real
 from PIL import Image
 from scipy import sparse
 
@@ -299,16 +300,6 @@ def test_squidpy_style_adata_without_library_column():
 
 
 # --- real data: the geometry (coordinates, scale factors, image sizes) of the loaders' sections --------------------
-
-
-def real(name, *args):
-    datasets = pytest.importorskip("storm.datasets")
-    if not hasattr(datasets, name):
-        pytest.skip(f"storm.datasets.{name} is not available")
-    try:
-        return getattr(datasets, name)(*args)
-    except getattr(datasets, "DataUnavailableError", OSError) as err:  # no mirror and no network
-        pytest.skip(str(err))
 
 
 @pytest.fixture(scope="module")

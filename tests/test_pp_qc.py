@@ -2,6 +2,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _data import real
 from scipy import sparse
 
 import storm.pp as pp
@@ -126,16 +127,6 @@ def test_normalize_rejects_log_data():
     with pytest.raises(ValueError, match="negative values; expected raw counts"):
         pp.normalize(adata)
     assert "lognorm" not in adata.layers
-
-
-def real(name, *args):
-    datasets = pytest.importorskip("storm.datasets")
-    if not hasattr(datasets, name):
-        pytest.skip(f"storm.datasets.{name} is not available")
-    try:
-        return getattr(datasets, name)(*args)
-    except getattr(datasets, "DataUnavailableError", OSError) as err:  # no mirror and no network
-        pytest.skip(str(err))
 
 
 def test_qc_filter_normalize_on_her2st():

@@ -2,6 +2,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from _data import real
 from scipy import sparse
 
 import storm.pp as pp
@@ -279,16 +280,6 @@ def test_knn_scales_to_a_million_cells():
 
 
 # --- real data ----------------------------------------------------------------------------------------------------
-
-
-def real(name, *args):
-    datasets = pytest.importorskip("storm.datasets")
-    if not hasattr(datasets, name):
-        pytest.skip(f"storm.datasets.{name} is not available")
-    try:
-        return getattr(datasets, name)(*args)
-    except getattr(datasets, "DataUnavailableError", OSError) as err:  # no mirror and no network
-        pytest.skip(str(err))
 
 
 def test_dlpfc_windows_on_the_hex_lattice():
