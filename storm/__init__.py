@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 from ._logging import logger
 from ._version import __version__
 
-_SUBMODULES = ("datasets", "io", "pp", "tl", "pl", "nn", "models", "train", "metrics")
+_SUBMODULES = ("datasets", "io", "pp", "tl", "pl", "nn", "models", "train", "metrics", "clinical")
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import datasets, io, metrics, models, nn, pl, pp, tl, train
+    from . import clinical, datasets, io, metrics, models, nn, pl, pp, tl, train
 
-__all__ = ["__version__", "datasets", "io", "logger", "metrics", "models", "nn", "pl", "pp", "tl", "train"]
+__all__ = ["__version__", "clinical", "datasets", "io", "logger", "metrics", "models", "nn", "pl", "pp", "tl", "train"]
 
 
 def __getattr__(name: str):

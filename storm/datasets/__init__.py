@@ -7,10 +7,12 @@ from ._genes import ensembl_to_symbol
 from ._her2st import her2st, her2st_sections, hist2st_genes
 from ._icb import icb_cohort, icb_cohorts, icb_event_check
 from ._registry import registry
+from ._single_cell import cosmx_nsclc, merfish_preoptic, vendor_folder, xenium_breast
 
 __all__ = [
     "ChecksumError",
     "DataUnavailableError",
+    "cosmx_nsclc",
     "dlpfc",
     "dlpfc_sections",
     "ensembl_to_symbol",
@@ -21,7 +23,10 @@ __all__ = [
     "icb_cohort",
     "icb_cohorts",
     "icb_event_check",
+    "merfish_preoptic",
     "registry",
+    "vendor_folder",
     "visium_fixture",
     "visium_fixture_folder",
+    "xenium_breast",
 ]

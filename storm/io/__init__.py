@@ -1,16 +1,24 @@
 """Readers: Space Ranger (Visium) folders, legacy ST tables, R data files, and images opened lazily."""
 
+from ._cosmx import read_cosmx
 from ._image import LazyImage, read_image
 from ._legacy_st import read_legacy_st
+from ._merscope import read_merscope
 from ._rdata import r_to_pandas, read_rda, read_summarized_experiment
 from ._visium import read_visium
+from ._visium_hd import read_visium_hd
+from ._xenium import read_xenium
 
 __all__ = [
     "LazyImage",
     "r_to_pandas",
+    "read_cosmx",
     "read_image",
     "read_legacy_st",
+    "read_merscope",
     "read_rda",
     "read_summarized_experiment",
     "read_visium",
+    "read_visium_hd",
+    "read_xenium",
 ]

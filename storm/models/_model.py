@@ -1,0 +1,487 @@
+"""The user-facing STORM model: set up from AnnData, embed spots, save and load."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from storm._logging import logger
+from storm.models._checkpoint import read_checkpoint, resolve_pretrained, write_checkpoint
+from storm.models._config import StormModelConfig, window_positions
+from storm.models._prepare import pca_loadings, prepare_slides, select_genes
+from storm.nn import BatchKeys, ExpressionEncoder, StormNetConfig, StormPretrainModel
+from storm.train._data import SlideArrays
+
+__all__ = ["StormModel", "resolve_device"]
+
+
+def resolve_device(accelerator: str | torch.device = "auto") -> torch.device:
+    """Device for ``accelerator``: ``"auto"`` = CUDA when available, else CPU (never MPS unless asked for).
+
+    Parameters
+    ----------
+    accelerator
+        ``"auto"``, ``"cpu"``, ``"cuda"``/``"gpu"`` (optionally ``"cuda:1"``), ``"mps"``, or a ``torch.device``.
+
+    Returns
+    -------
+    torch.device
+    """
+    if isinstance(accelerator, torch.device):
+        return accelerator
+    name = str(accelerator).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "gpu":
+        name = "cuda"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"accelerator={accelerator!r} but no CUDA device is available; use 'cpu' or 'auto'.")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"Unknown accelerator {accelerator!r}; use 'auto', 'cpu', 'cuda' or 'mps'.") from err
+
+
+def _as_datasets(adata: AnnData | Sequence[AnnData | Sequence[AnnData]]) -> list[list[AnnData]]:
+    if isinstance(adata, AnnData):
+        return [[adata]]
+    out = []
+    for item in adata:
+        if isinstance(item, AnnData):
+            out.append([item])
+        elif isinstance(item, Sequence) and item and all(isinstance(a, AnnData) for a in item):
+            out.append(list(item))
+        else:
+            raise ValueError("Pass an AnnData, a list of AnnData, or a list of lists of AnnData (one per data set).")
+    if not out:
+        raise ValueError("No AnnData given.")
+    return out
+
+
+class StormModel:
+    """STORM: joint embeddings of spots from their H&E patches, expression and spatial neighbourhood.
+
+    A model is a network (:class:`~storm.nn.StormPretrainModel`) plus the configuration that says how to turn an
+    AnnData into its inputs (:class:`StormModelConfig`: gene list, patch size in µm, window). Build one with
+    :meth:`setup` (fresh, to pretrain), :meth:`load` (a saved folder) or :meth:`from_pretrained`; pretrain it with
+    :func:`storm.train.pretrain`; embed spots with :meth:`embed`.
+
+    Parameters
+    ----------
+    config
+        The model configuration.
+    module
+        The network; default a freshly initialised one.
+
+    Examples
+    --------
+    >>> model = storm.models.StormModel.from_pretrained()  # doctest: +SKIP
+    >>> adata.obsm["X_storm"] = model.embed(adata)  # doctest: +SKIP
+    """
+
+    def __init__(self, config: StormModelConfig, module: StormPretrainModel | None = None) -> None:
+        self.config = config
+        self.module = module if module is not None else StormPretrainModel(config.net)
+        if self.module.config.to_dict() != config.net.to_dict():
+            raise ValueError("The module was built with another StormNetConfig than config.net.")
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        n = self.module.parameter_counts()["inference"]
+        return (
+            f"StormModel(genes={len(cfg.genes):,}, dim={cfg.net.dim}, depth={cfg.net.depth}, modalities="
+            f"{'+'.join(self.modalities)}, image_encoder={cfg.net.image_encoder!r}, patch={cfg.size_um:g} µm @ "
+            f"{cfg.patch_px} px, window={cfg.window}, parameters={n:,})"
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def genes(self) -> list[str]:
+        """The model's gene list."""
+        return list(self.config.genes)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities of the network (``"image"``, ``"expression"``)."""
+        return tuple(self.module.modalities)
+
+    @property
+    def dim(self) -> int:
+        """Width of the embeddings."""
+        return int(self.config.net.dim)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def setup(
+        cls,
+        adata: AnnData | Sequence[AnnData | Sequence[AnnData]],
+        *,
+        genes: Sequence[str] | None = None,
+        n_top_genes: int = 1000,
+        include_genes: Sequence[str] = (),
+        net: StormNetConfig | dict[str, Any] | None = None,
+        size_um: float = 55.0,
+        window: int = 5,
+        window_method: str = "auto",
+        k: int = 24,
+        target_sum: float = 1e4,
+        image: str = "auto",
+        library_key: str = "library_id",
+        layer: str | None = None,
+        init_pca: bool = True,
+        pca_max_spots: int = 10_000,
+        random_state: int = 0,
+    ) -> StormModel:
+        """Build a fresh (untrained) model for the given data: gene list, panels, scale.
+
+        Parameters
+        ----------
+        adata
+            An AnnData, a list of AnnData, or a list of data sets (lists of AnnData). Each gets the ``n_top_genes``
+            highly variable genes of its data set; all are used for the PCA initialisation. Not modified.
+        genes
+            Use exactly this gene list instead of choosing one.
+        n_top_genes
+            Highly variable genes per data set (when ``genes`` is not given).
+        include_genes
+            Genes always on the list (first), e.g. :func:`storm.datasets.hist2st_genes`.
+        net
+            Network hyper-parameters (:class:`~storm.nn.StormNetConfig` or a dict of its fields; ``n_genes`` is set
+            from the gene list). Default: storm-mini's.
+        size_um
+            Patch side in µm (resized to ``net.patch_px``).
+        window
+            Window side on grid platforms; with ``net["window_size"] = 1`` (the no-context ablation) it is set to 1.
+        window_method, k
+            See :func:`storm.pp.spatial_windows`.
+        target_sum
+            Counts per spot before ``log1p``.
+        image
+            Which slide image patches come from (``"auto"``, ``"fullres"``, ``"hires"``, ``"lowres"``).
+        library_key
+            Column of ``obs`` naming each spot's slide.
+        layer
+            Read raw counts from this layer instead of ``.X``.
+        init_pca
+            Initialise the gene embeddings from PCA loadings of the data's expression (the paper's choice).
+        pca_max_spots
+            Spots sampled for the PCA.
+        random_state
+            Seed of the network initialisation, the spot sample and the PCA.
+
+        Returns
+        -------
+        StormModel
+        """
+        datasets = _as_datasets(adata)
+        flat = [a for d in datasets for a in d]
+        if genes is None:
+            genes = select_genes(
+                datasets,
+                n_top_genes=n_top_genes,
+                include=include_genes,
+                library_key=library_key,
+                layer=layer,
+                target_sum=target_sum,
+            )
+        genes = [str(g) for g in genes]
+        if isinstance(net, StormNetConfig):
+            net = net.to_dict()
+        net = dict(net or {})
+        net["n_genes"] = len(genes)
+        if net.get("window_size") == 1:
+            window = 1
+        net["window_size"] = window_positions(window, k)
+        config = StormModelConfig(
+            net=StormNetConfig.from_dict(net),
+            genes=genes,
+            size_um=size_um,
+            window=window,
+            window_method=window_method,
+            k=k,
+            target_sum=target_sum,
+            image=image,
+        )
+        torch.manual_seed(random_state)
+        model = cls(config)
+        encoder = model.module.expression_encoder
+        if init_pca and isinstance(encoder, ExpressionEncoder):
+            slides = [
+                s for a in flat for s in model.prepare(a, mode="expression", library_key=library_key, layer=layer)
+            ]
+            loadings = pca_loadings(slides, config.net.gene_dim, max_spots=pca_max_spots, random_state=random_state)
+            if loadings is not None:
+                encoder.init_from_pca(torch.from_numpy(loadings))
+                if model.module.teacher is not None:
+                    model.module.update_teacher(momentum=0.0)
+                logger.info(f"StormModel.setup: gene embeddings initialised from {loadings.shape[1]} PCA loadings")
+        logger.info(f"StormModel.setup: {model!r}")
+        return model
+
+    # ------------------------------------------------------------------ data
+    def prepare(
+        self,
+        adata: AnnData,
+        *,
+        mode: str = "auto",
+        library_key: str = "library_id",
+        layer: str | None = None,
+    ) -> list[SlideArrays]:
+        """Turn an AnnData into per-slide arrays for this model (see :func:`storm.models.prepare_slides`).
+
+        Parameters
+        ----------
+        adata
+            Spots of one or several slides. Not modified.
+        mode
+            ``"auto"``, ``"joint"``, ``"image"`` or ``"expression"`` (see :meth:`embed`).
+        library_key
+            Column of ``obs`` naming each spot's slide.
+        layer
+            Read raw counts from this layer.
+
+        Returns
+        -------
+        list[SlideArrays]
+        """
+        return prepare_slides(
+            adata, self.config, mode=mode, library_key=library_key, layer=layer, modalities=self.modalities
+        )
+
+    # ------------------------------------------------------------------ inference
+    def embed(
+        self,
+        adata: AnnData | Sequence[AnnData],
+        *,
+        mode: str = "auto",
+        batch_size: int = 256,
+        accelerator: str | torch.device = "auto",
+        library_key: str = "library_id",
+        layer: str | None = None,
+        chunk_size: int = 2048,
+        progress: bool = True,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Embed every spot: the centre token(s) of its window, from the frozen model.
+
+        Parameters
+        ----------
+        adata
+            Spots with coordinates, ``uns['spatial']`` and raw counts and/or an H&E image; or a list of such. Not
+            modified.
+        mode
+            ``"auto"``: every modality the model has and each slide offers; ``"joint"``: H&E and expression
+            (required); ``"image"``: H&E only (e.g. slides without expression; "virtual ST"); ``"expression"``:
+            expression only.
+        batch_size
+            Windows per forward pass (and patches per image-encoder pass).
+        accelerator
+            ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``.
+        library_key
+            Column of ``obs`` naming each spot's slide.
+        layer
+            Read raw counts from this layer instead of ``.X``.
+        chunk_size
+            Windows per chunk: the image features of the spots a chunk's windows touch are computed once and shared
+            by its windows; memory grows with the chunk, not with the slide.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        np.ndarray or list of np.ndarray
+            float32 ``(n_obs, dim)`` in ``adata.obs`` order (one array per AnnData for a list).
+
+        Raises
+        ------
+        ValueError
+            An unknown mode; a mode needing an image on a slide without one, or counts the data lack; no gene in
+            common with the model's gene list; bad coordinates or scale.
+        """
+        if not isinstance(adata, AnnData):
+            return [
+                self.embed(
+                    a,
+                    mode=mode,
+                    batch_size=batch_size,
+                    accelerator=accelerator,
+                    library_key=library_key,
+                    layer=layer,
+                    chunk_size=chunk_size,
+                    progress=progress,
+                )
+                for a in adata
+            ]
+        if batch_size < 1 or chunk_size < 1:
+            raise ValueError(f"batch_size and chunk_size must be ≥ 1, got {batch_size} and {chunk_size}.")
+        slides = self.prepare(adata, mode=mode, library_key=library_key, layer=layer)
+        if any(s.has_image for s in slides) and self.module.image_encoder is None:
+            raise ValueError(
+                "This model takes precomputed image features, which embed() cannot compute; use mode='expression' "
+                "or call the network (StormModel.module) with features."
+            )
+        device = resolve_device(accelerator)
+        self.module.to(device)
+        was_training = self.module.training
+        self.module.eval()
+        out = np.zeros((adata.n_obs, self.dim), dtype=np.float32)
+        total = sum(s.n_obs for s in slides)
+        bar = tqdm(total=total, desc="storm embed", unit="spot", disable=not progress)
+        try:
+            with torch.inference_mode():
+                for slide in slides:
+                    self._embed_slide(slide, out, device, batch_size, chunk_size, bar)
+        finally:
+            bar.close()
+            self.module.train(was_training)
+        modes = {("joint" if s.has_image and s.has_expr else "image" if s.has_image else "expression") for s in slides}
+        logger.info(f"embed: {adata.n_obs:,} spots of {len(slides)} slide(s) embedded ({', '.join(sorted(modes))})")
+        return out
+
+    def _embed_slide(
+        self, slide: SlideArrays, out: np.ndarray, device: torch.device, batch_size: int, chunk_size: int, bar
+    ) -> None:
+        w = min(slide.window_size, self.config.net.window_size)
+        pixels = slide.patches.load() if slide.has_image else None
+        px = self.config.patch_px
+        gene_mask = torch.from_numpy(slide.gene_mask).to(device) if slide.has_expr else None
+        for start in range(0, slide.n_obs, chunk_size):
+            centres = np.arange(start, min(start + chunk_size, slide.n_obs))
+            index = slide.index[centres, :w]
+            valid = index >= 0
+            needed = np.unique(index[valid])  # spots the chunk's windows touch, each encoded once
+            pos = np.searchsorted(needed, np.where(valid, index, needed[0]))
+            feats = expr = None
+            if pixels is not None:
+                parts = []
+                for b0 in range(0, len(needed), batch_size):
+                    patches = slide.patches.cut(pixels, needed[b0 : b0 + batch_size], px)
+                    batch = torch.from_numpy(patches).permute(0, 3, 1, 2).to(device)
+                    parts.append(self.module.image_features(batch).float())
+                feats = torch.cat(parts)
+            if slide.has_expr:
+                expr = torch.from_numpy(slide.expression(needed)).to(device)
+            offsets_all = torch.from_numpy(slide.offsets_um[centres, :w]).to(device)
+            pos_t = torch.from_numpy(pos).to(device)
+            valid_t = torch.from_numpy(valid).to(device)
+            for b0 in range(0, len(centres), batch_size):
+                sl = slice(b0, b0 + batch_size)
+                p, v = pos_t[sl], valid_t[sl]
+                batch: dict[str, torch.Tensor] = {BatchKeys.OFFSETS: offsets_all[sl], BatchKeys.POS_MASK: v}
+                if feats is not None:
+                    batch[BatchKeys.IMAGE] = feats[p] * v.unsqueeze(-1)
+                if expr is not None:
+                    batch[BatchKeys.EXPR] = expr[p] * v.unsqueeze(-1)
+                    batch[BatchKeys.GENE_MASK] = gene_mask.expand(p.shape[0], -1)
+                emb = self.module.embed(batch, use_image=feats is not None, use_expression=expr is not None)
+                rows = slide.obs_rows[centres[sl]]
+                out[rows] = emb.float().cpu().numpy()
+                bar.update(len(rows))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False, training: dict[str, Any] | None = None) -> Path:
+        """Save the inference weights (``model.safetensors``) and ``config.json`` into folder ``path``.
+
+        Pretraining-only parts (EMA teacher, decoders; :data:`storm.nn.PRETRAINING_ONLY_PREFIXES`) are left out.
+        ``config.json`` holds the storm version, the network configuration, the gene list, the setup arguments and
+        the sha256 of the weights file, which :meth:`load` checks.
+
+        Parameters
+        ----------
+        path
+            Output folder (created).
+        overwrite
+            Replace a model saved there before.
+        training
+            Optional provenance stored in ``config.json`` (data, steps, losses).
+
+        Returns
+        -------
+        Path
+            The folder.
+        """
+        return write_checkpoint(
+            path, self.module.inference_state_dict(), self.config.to_dict(), training=training, overwrite=overwrite
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> StormModel:
+        """Load a model saved by :meth:`save`, after validating it.
+
+        Checks: the weights' sha256 matches ``config.json`` (otherwise the file is refused), every configuration
+        key is known, the gene list fits the network and the weights, and the weights fit the network exactly
+        (strict: no missing, extra or reshaped tensor).
+
+        Parameters
+        ----------
+        path
+            Folder holding ``config.json`` and ``model.safetensors``.
+
+        Returns
+        -------
+        StormModel
+
+        Raises
+        ------
+        FileNotFoundError
+            Missing files.
+        ValueError
+            Tampered or corrupt weights, unknown configuration keys, or weights of another configuration or gene list.
+        """
+        config_dict, state = read_checkpoint(path)
+        config = StormModelConfig.from_dict(config_dict)
+        n_weights = None
+        if "expression_encoder.gene_embedding" in state:
+            n_weights = state["expression_encoder.gene_embedding"].shape[0]
+        elif "expression_encoder.proj.weight" in state:  # the raw-expression ablation
+            n_weights = state["expression_encoder.proj.weight"].shape[1]
+        if n_weights is not None:
+            if n_weights != len(config.genes):
+                raise ValueError(
+                    f"The gene list in config.json has {len(config.genes):,} genes but the weights were trained on "
+                    f"{n_weights:,}: the files do not belong together."
+                )
+        # The weights come from the file: do not fetch a timm backbone's pretrained weights first.
+        build_net = dataclasses.replace(config.net, timm_pretrained=False)
+        module = StormPretrainModel(build_net)
+        module.load_inference_state_dict(state)
+        module.config = config.net
+        module.eval()
+        model = cls(config, module)
+        logger.info(f"Loaded {model!r} from {path}")
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike | None = None, *, revision: str | None = None
+    ) -> StormModel:
+        """Load a pretrained model: the embedded storm-mini, a local folder, or a Hugging Face Hub repository.
+
+        Parameters
+        ----------
+        name_or_path
+            ``None`` (or ``"storm-mini"``): the model shipped with storm; a folder saved by :meth:`save`; or a Hub
+            repository id ``"owner/name"`` holding ``model.safetensors`` and ``config.json`` (only those two files are
+            downloaded; ``HF_HUB_OFFLINE=1`` uses the local cache only).
+        revision
+            Hub branch, tag or commit.
+
+        Returns
+        -------
+        StormModel
+
+        Raises
+        ------
+        FileNotFoundError
+            The weights cannot be found or downloaded (the message says what to do).
+        ValueError
+            The files fail validation (see :meth:`load`).
+        """
+        return cls.load(resolve_pretrained(name_or_path, revision=revision))

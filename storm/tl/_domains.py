@@ -1,0 +1,310 @@
+"""``storm.tl.domains``: spatial domains by clustering the embedding (K-means, as in the paper; GMM; Leiden)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from storm._logging import logger
+from storm.tl._utils import as_adata_list, clean_params, elapsed, get_rep, save_data, start_timer
+
+_Method = Literal["kmeans", "gmm", "leiden"]
+_METHODS = ("kmeans", "gmm", "leiden")
+_MAX_SEARCH_STEPS = 30
+
+
+def palette(n: int) -> list[str]:
+    """Return ``n`` colours from scanpy's default palettes (20, 28 or 102 colours, whichever first fits ``n``).
+
+    A fixed palette (rather than matplotlib's cycle) gives domain ``"3"`` the same colour in every figure.
+    """
+    from scanpy.plotting import palettes
+
+    for colors in (palettes.default_20, palettes.default_28, palettes.default_102):
+        if n <= len(colors):
+            return list(colors[:n])
+    logger.warning(f"domains: {n} domains but only 102 distinct colours; colours repeat.")
+    return [palettes.default_102[i % len(palettes.default_102)] for i in range(n)]
+
+
+def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Renumber cluster labels 0..K-1 by decreasing size, ties broken by the first row of each cluster.
+
+    The rule does not depend on the clustering algorithm's arbitrary numbering: one partition, one set of names.
+    """
+    uniques, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))  # primary key: size (descending), then first occurrence
+    new = np.empty(len(uniques), dtype=np.int64)
+    new[order] = np.arange(len(uniques))
+    return new[np.searchsorted(uniques, labels)]
+
+
+def _kmeans(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs: Any) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    kwargs.setdefault("n_init", 10)  # the paper's K-means; sklearn's "auto" would run k-means++ only once
+    return KMeans(n_clusters=n_domains, random_state=random_state, **kwargs).fit_predict(rep)
+
+
+def _gmm(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs: Any) -> np.ndarray:
+    from sklearn.mixture import GaussianMixture
+
+    # diagonal covariances: a full one has d² parameters per component, ill-conditioned for 100+-dimensional embeddings
+    kwargs.setdefault("covariance_type", "diag")
+    kwargs.setdefault("n_init", 3)
+    reg_covar = kwargs.pop("reg_covar", 1e-6)
+    for attempt in range(4):
+        try:
+            gmm = GaussianMixture(n_components=n_domains, random_state=random_state, reg_covar=reg_covar, **kwargs)
+            return gmm.fit(rep).predict(rep)
+        except ValueError as err:  # sklearn: "ill-defined empirical covariance" when a component collapses
+            if "covariance" not in str(err) or attempt == 3:
+                raise
+            reg_covar *= 100
+            logger.warning(f"domains: GMM fit failed numerically; retrying with reg_covar={reg_covar:g}.")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _leiden_graph(rep: np.ndarray, n_neighbors: int, random_state: int | None) -> AnnData:
+    """Build the kNN graph of ``rep`` in a throw-away AnnData, so the user's object gets no neighbors keys."""
+    import scanpy as sc
+
+    graph = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(rep.shape[0]).astype(str)), obsm={"rep": rep})
+    sc.pp.neighbors(graph, n_neighbors=n_neighbors, use_rep="rep", random_state=random_state or 0)
+    return graph
+
+
+def _leiden_once(graph: AnnData, resolution: float, random_state: int | None, **kwargs: Any) -> np.ndarray:
+    import scanpy as sc
+
+    kwargs.setdefault("n_iterations", 2)
+    sc.tl.leiden(
+        graph,
+        resolution=resolution,
+        random_state=random_state or 0,
+        flavor="igraph",
+        directed=False,
+        key_added="leiden",
+        **kwargs,
+    )
+    return graph.obs["leiden"].astype(int).to_numpy()
+
+
+def _leiden(
+    rep: np.ndarray,
+    n_domains: int | None,
+    resolution: float | None,
+    n_neighbors: int,
+    random_state: int | None,
+    **kwargs: Any,
+) -> tuple[np.ndarray, float]:
+    """Leiden at ``resolution``, or a bisection on the resolution until ``n_domains`` clusters are found.
+
+    The number of clusters grows with the resolution (not strictly, so the search keeps the closest result seen).
+    """
+    try:
+        import igraph  # noqa: F401
+    except ImportError as err:
+        raise ImportError("method='leiden' needs igraph: `pip install igraph` (or `scanpy[leiden]`).") from err
+    graph = _leiden_graph(rep, n_neighbors, random_state)
+    if n_domains is None:
+        resolution = 1.0 if resolution is None else resolution
+        return _leiden_once(graph, resolution, random_state, **kwargs), resolution
+
+    seen: dict[float, tuple[int, np.ndarray]] = {}
+
+    def run(res: float) -> int:
+        labels = _leiden_once(graph, res, random_state, **dict(kwargs))
+        seen[res] = (len(np.unique(labels)), labels)
+        return seen[res][0]
+
+    lo, hi = 0.0, 1.0
+    steps = 0
+    while run(hi) < n_domains and steps < 10:  # widen until the upper end has enough clusters (resolution ≤ 1024)
+        lo, hi = hi, hi * 2
+        steps += 1
+    for _ in range(_MAX_SEARCH_STEPS):
+        if seen[hi][0] == n_domains or hi - lo < 1e-4:
+            break
+        mid = (lo + hi) / 2
+        n = run(mid)
+        if n == n_domains:
+            break
+        lo, hi = (mid, hi) if n < n_domains else (lo, mid)
+    best = min(seen, key=lambda r: (abs(seen[r][0] - n_domains), r))
+    n_found, labels = seen[best]
+    if n_found != n_domains:
+        from scipy.sparse.csgraph import connected_components
+
+        n_parts = connected_components(graph.obsp["connectivities"], directed=False)[0]
+        why = f" (the kNN graph has {n_parts} disconnected parts)" if n_parts > n_domains else ""
+        logger.warning(
+            f"domains: Leiden found no resolution giving {n_domains} domains{why}; using resolution {best:.4g} with "
+            f"{n_found}. Use method='kmeans' for an exact number."
+        )
+    return labels, best
+
+
+def _check_args(method: str, n_domains: Any, resolution: Any, n_neighbors: Any, n_obs: int) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
+    if resolution is not None and method != "leiden":
+        raise ValueError(f"`resolution` is a Leiden parameter; it has no meaning for method={method!r}.")
+    if n_domains is None:
+        if method != "leiden":
+            raise ValueError(f"method={method!r} needs `n_domains` (the number of domains K); Leiden can do without.")
+    else:
+        if isinstance(n_domains, bool) or not isinstance(n_domains, int | np.integer):
+            raise ValueError(f"`n_domains` must be an integer, got {n_domains!r}.")
+        if n_domains < 2:
+            raise ValueError(f"`n_domains` must be at least 2, got {n_domains}.")
+        if n_domains > n_obs:
+            raise ValueError(f"`n_domains`={n_domains} is larger than the number of spots ({n_obs}).")
+        if resolution is not None:
+            raise ValueError("Give either `n_domains` (the resolution is then searched) or `resolution`, not both.")
+    if resolution is not None and (not np.isscalar(resolution) or not np.isfinite(resolution) or resolution <= 0):
+        raise ValueError(f"`resolution` must be a finite number > 0, got {resolution!r}.")
+    if method == "leiden" and (isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 2):
+        raise ValueError(f"`n_neighbors` must be an integer ≥ 2, got {n_neighbors!r}.")
+    if method == "leiden" and n_neighbors >= n_obs:
+        raise ValueError(f"`n_neighbors`={n_neighbors} must be smaller than the number of spots ({n_obs}).")
+
+
+def domains(
+    adata: AnnData | Sequence[AnnData],
+    n_domains: int | None = None,
+    *,
+    use_rep: str = "X_storm",
+    method: _Method = "kmeans",
+    key_added: str = "storm_domains",
+    random_state: int | None = 0,
+    n_neighbors: int = 15,
+    resolution: float | None = None,
+    library_key: str = "library_id",
+    copy: bool = False,
+    **kwargs: Any,
+) -> AnnData | list[AnnData] | None:
+    """Assign spatial domains by clustering the embedding of every spot.
+
+    The paper clusters the frozen STORM embeddings with K-means, K = the number of domains (the default here).
+    All rows are clustered at once: slides in one AnnData (told apart by ``library_key``) or in a list of AnnData
+    embedded by the same model share one labelling, so domain ``"2"`` means the same thing on every slide.
+
+    Domains are named ``"0"`` … ``"K-1"`` by decreasing size (ties: the domain met first in row order), so the names
+    do not depend on the clustering algorithm's arbitrary numbering; results are deterministic for a given
+    ``random_state``.
+
+    Parameters
+    ----------
+    adata
+        AnnData with the embedding in ``obsm[use_rep]`` (from :func:`storm.tl.embed`), or a list of them.
+    n_domains
+        Number of domains K. Required for ``"kmeans"`` and ``"gmm"``; for ``"leiden"`` the resolution is searched by
+        bisection until K domains are found (the resolution reached is logged and stored), and without it Leiden
+        runs at ``resolution`` (default 1.0).
+    use_rep
+        Key of ``obsm`` to cluster.
+    method
+        ``"kmeans"`` (scikit-learn, ``n_init=10``), ``"gmm"`` (scikit-learn Gaussian mixture, diagonal covariances,
+        retried with more regularisation if a fit fails numerically) or ``"leiden"`` (scanpy, igraph flavour, on a
+        ``n_neighbors`` kNN graph of the embedding; needs ``igraph``).
+    key_added
+        Key of ``obs`` written (and prefix of the ``uns`` keys).
+    random_state
+        Seed of the clustering (and of the kNN graph for Leiden).
+    n_neighbors
+        Neighbours of the kNN graph (Leiden only).
+    resolution
+        Leiden resolution, when ``n_domains`` is not given.
+    library_key
+        Column of ``obs`` with the slide id; recorded in the parameters (clustering is over all slides together).
+    copy
+        Return a copy (a list of copies for a list) instead of writing into ``adata``.
+    **kwargs
+        Passed to :class:`sklearn.cluster.KMeans`, :class:`sklearn.mixture.GaussianMixture` or
+        :func:`scanpy.tl.leiden`.
+
+    Returns
+    -------
+    ``None``, or the new AnnData (list of AnnData for a list) if ``copy=True``. Written:
+
+    - ``obs[key_added]``: categorical domain, categories ``"0"`` … ``"K-1"`` (the same on every AnnData of a list);
+    - ``uns[f"{key_added}_colors"]``: one hex colour per domain (scanpy's default palettes), used by
+      :func:`storm.pl.domains`, scanpy and squidpy plots;
+    - ``uns[key_added]['params']``: ``method``, ``n_domains`` (found), ``use_rep``, ``random_state``, and
+      ``n_neighbors`` / ``resolution`` (Leiden: the one used), ``library_key`` when that column exists.
+
+    Raises
+    ------
+    ValueError
+        ``obsm[use_rep]`` missing or with NaN/infinite values, ``n_domains`` < 2 or larger than the number of spots,
+        no ``n_domains`` for K-means/GMM, an unknown method. ``adata`` is then left unchanged.
+    ImportError
+        ``method="leiden"`` without igraph installed.
+
+    Examples
+    --------
+    >>> storm.tl.domains(adata, n_domains=7)  # doctest: +SKIP
+    >>> storm.pl.domains(adata, groundtruth="layer")  # doctest: +SKIP
+    """
+    start = start_timer()
+    adatas, is_list = as_adata_list(adata)
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    reps = [get_rep(a, use_rep) for a in adatas]
+    dims = {r.shape[1] for r in reps}
+    if len(dims) > 1:
+        raise ValueError(
+            f"The AnnData objects hold embeddings of different widths {sorted(dims)} in obsm[{use_rep!r}]; embed "
+            "them with the same model before clustering them together."
+        )
+    rep = np.concatenate(reps, axis=0) if len(reps) > 1 else reps[0]
+    n_obs = rep.shape[0]
+    _check_args(method, n_domains, resolution, n_neighbors, n_obs)
+
+    params: dict[str, Any] = {"method": method, "use_rep": use_rep, "random_state": random_state}
+    with warnings.catch_warnings():
+        # identical embedding rows make sklearn warn that fewer distinct clusters exist; the count found is logged
+        warnings.filterwarnings("ignore", message="Number of distinct clusters", category=UserWarning)
+        if method == "kmeans":
+            labels = _kmeans(rep, int(n_domains), random_state, **kwargs)
+            params["n_init"] = int(kwargs.get("n_init", 10))
+        elif method == "gmm":
+            labels = _gmm(rep, int(n_domains), random_state, **kwargs)
+            params["covariance_type"] = str(kwargs.get("covariance_type", "diag"))
+        else:
+            labels, used = _leiden(rep, n_domains, resolution, n_neighbors, random_state, **kwargs)
+            params.update(n_neighbors=n_neighbors, resolution=float(used))
+            if n_domains is not None:
+                params["n_domains_requested"] = int(n_domains)
+
+    labels = _relabel_by_size(np.asarray(labels))
+    n_found = int(labels.max()) + 1
+    if n_domains is not None and n_found != n_domains and method != "leiden":
+        logger.warning(f"domains: asked for {n_domains} domains, {method} found {n_found} (identical embeddings?).")
+    categories = [str(i) for i in range(n_found)]
+    colors = palette(n_found)
+    params["n_domains"] = n_found
+
+    outputs = [a.copy() for a in adatas] if copy else adatas
+    offset = 0
+    for a in outputs:
+        part = labels[offset : offset + a.n_obs]
+        offset += a.n_obs
+        obs_values = pd.Categorical.from_codes(part, categories=categories)
+        save_data(a, attr="obs", key=key_added, data=pd.Series(obs_values, index=a.obs_names))
+        save_data(a, attr="uns", key=f"{key_added}_colors", data=list(colors))
+        lib = library_key if library_key in a.obs else None
+        save_data(a, attr="uns", key=key_added, data={"params": clean_params({**params, "library_key": lib})})
+    logger.info(
+        f"domains: finished ({elapsed(start)}): {n_found} domains ({method}) over {n_obs} spots"
+        f"{f' of {len(adatas)} AnnData' if is_list else ''}, added obs[{key_added!r}]"
+    )
+    if not copy:
+        return None
+    return outputs if is_list else outputs[0]

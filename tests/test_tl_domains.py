@@ -1,0 +1,224 @@
+"""storm.tl.domains: K-means / GMM / Leiden on an embedding, one labelling over slides, errors leave adata as it was."""
+
+from __future__ import annotations
+
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import storm
+from storm.metrics import ari
+
+SIZES = (60, 45, 30, 20, 10)
+
+
+def blobs(sizes=SIZES, dims=8, seed=0, spread=8.0, libraries=("A",)):
+    """Well-separated Gaussian blobs in ``obsm['X_storm']``, rows shuffled, split over ``libraries``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(sizes), dims)) * spread
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    truth = truth[rng.permutation(len(truth))]
+    emb = centres[truth] + rng.normal(size=(len(truth), dims))
+    lib = pd.Categorical(np.resize(np.asarray(libraries), len(truth)), categories=list(libraries))
+    obs = pd.DataFrame({"truth": truth, "library_id": lib}, index=[f"s{i}" for i in range(len(truth))])
+    return ad.AnnData(obs=obs, obsm={"X_storm": emb})
+
+
+def snapshot(adata):
+    return (
+        adata.obs.copy(),
+        {k: np.array(v, copy=True) for k, v in adata.obsm.items()},
+        sorted(adata.uns),
+        sorted(adata.obsp),
+    )
+
+
+def assert_unchanged(adata, before):
+    obs, obsm, uns, obsp = before
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert sorted(adata.obsm) == sorted(obsm)
+    for k, v in obsm.items():
+        np.testing.assert_array_equal(np.asarray(adata.obsm[k]), v)
+    assert sorted(adata.uns) == uns
+    assert sorted(adata.obsp) == obsp
+
+
+def test_kmeans_finds_the_blobs_and_writes_the_documented_keys():
+    adata = blobs()
+    assert storm.tl.domains(adata, 5) is None
+    labels = adata.obs["storm_domains"]
+    assert isinstance(labels.dtype, pd.CategoricalDtype)
+    assert list(labels.cat.categories) == ["0", "1", "2", "3", "4"]
+    assert ari(adata.obs["truth"], labels) == pytest.approx(1.0)
+    # "0" is the largest domain, then by decreasing size
+    assert labels.value_counts().reindex(labels.cat.categories).tolist() == list(SIZES)
+    colors = adata.uns["storm_domains_colors"]
+    assert len(colors) == 5
+    assert all(re.fullmatch(r"#[0-9a-fA-F]{6}", c) for c in colors)
+    params = adata.uns["storm_domains"]["params"]
+    assert params["method"] == "kmeans"
+    assert params["n_domains"] == 5
+    assert params["use_rep"] == "X_storm"
+    assert params["n_init"] >= 10
+    assert params["random_state"] == 0
+    assert params["library_key"] == "library_id"
+    assert sorted(adata.obsp) == []  # no neighbors graph left behind
+
+
+@pytest.mark.parametrize("method", ["kmeans", "gmm"])
+def test_deterministic_for_a_seed(method):
+    adata = blobs(spread=1.5)  # overlapping blobs: a seed-dependent answer would show
+    first = storm.tl.domains(adata, 4, method=method, copy=True)
+    second = storm.tl.domains(adata, 4, method=method, copy=True)
+    pd.testing.assert_series_equal(first.obs["storm_domains"], second.obs["storm_domains"])
+    assert "storm_domains" not in adata.obs  # copy=True leaves the input alone
+
+
+@pytest.mark.parametrize("method", ["kmeans", "gmm"])
+def test_method_variants_recover_blobs(method):
+    adata = blobs()
+    storm.tl.domains(adata, 5, method=method, key_added="dom")
+    assert ari(adata.obs["truth"], adata.obs["dom"]) == pytest.approx(1.0)
+    assert adata.uns["dom"]["params"]["method"] == method
+    assert len(adata.uns["dom_colors"]) == 5
+
+
+def test_two_slides_in_one_anndata_share_one_labelling():
+    # the same tissue twice (a copy with small noise), as two slides of one AnnData: one clustering over all rows
+    one = blobs()
+    two = one.copy()
+    noise = np.random.default_rng(1).normal(scale=0.05, size=two.obsm["X_storm"].shape)
+    two.obsm["X_storm"] = two.obsm["X_storm"] + noise
+    one.obs["library_id"] = pd.Categorical(["A"] * one.n_obs, categories=["A", "B"])
+    two.obs["library_id"] = pd.Categorical(["B"] * two.n_obs, categories=["A", "B"])
+    both = ad.concat([one, two], index_unique="-")
+    storm.tl.domains(both, 5)
+    a = both.obs.loc[both.obs["library_id"] == "A", "storm_domains"].to_numpy()
+    b = both.obs.loc[both.obs["library_id"] == "B", "storm_domains"].to_numpy()
+    np.testing.assert_array_equal(a, b)  # the same spot gets the same domain name on both slides
+
+
+def test_a_list_is_clustered_together_like_its_concatenation():
+    one, two = blobs(seed=0), blobs(seed=0)
+    two.obsm["X_storm"] = two.obsm["X_storm"][::-1].copy()  # other row order, same points
+    storm.tl.domains([one, two], 5)
+    assert list(one.obs["storm_domains"].cat.categories) == list(two.obs["storm_domains"].cat.categories)
+    assert one.uns["storm_domains_colors"] == two.uns["storm_domains_colors"]
+    np.testing.assert_array_equal(one.obs["storm_domains"].to_numpy(), two.obs["storm_domains"].to_numpy()[::-1])
+    joined = ad.concat([one, two], index_unique="-")
+    del joined.obs["storm_domains"]
+    storm.tl.domains(joined, 5)
+    np.testing.assert_array_equal(
+        joined.obs["storm_domains"].to_numpy(),
+        np.concatenate([one.obs["storm_domains"].to_numpy(), two.obs["storm_domains"].to_numpy()]),
+    )
+
+
+def test_copy_of_a_list_returns_copies():
+    one, two = blobs(seed=0), blobs(seed=2)
+    out = storm.tl.domains([one, two], 3, copy=True)
+    assert isinstance(out, list)
+    assert len(out) == 2
+    assert all("storm_domains" in a.obs for a in out)
+    assert "storm_domains" not in one.obs
+    assert "storm_domains" not in two.obs
+
+
+def _with_nan(adata):
+    adata.obsm["X_storm"][3, 1] = np.nan
+    return adata
+
+
+def _with_inf(adata):
+    adata.obsm["X_storm"][0, 0] = np.inf
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("prepare", "kwargs", "match"),
+    [
+        (lambda a: a, {"use_rep": "X_missing", "n_domains": 3}, r"obsm\['X_missing'\].*'X_storm'.*storm.tl.embed"),
+        (lambda a: a, {"n_domains": 10_000}, "larger than the number of spots"),
+        (lambda a: a, {"n_domains": 1}, "at least 2"),
+        (lambda a: a, {"n_domains": 2.5}, "must be an integer"),
+        (lambda a: a, {}, "needs `n_domains`"),
+        (lambda a: a, {"n_domains": 3, "method": "gmm", "resolution": 1.0}, "Leiden parameter"),
+        (lambda a: a, {"n_domains": 3, "method": "louvain"}, "`method` must be one of"),
+        (lambda a: a, {"n_domains": 3, "key_added": ""}, "key_added"),
+        (_with_nan, {"n_domains": 3}, "NaN or infinite.*'s3'"),
+        (_with_inf, {"n_domains": 3}, "NaN or infinite"),
+    ],
+)
+def test_bad_input_raises_and_leaves_adata_unchanged(prepare, kwargs, match):
+    adata = blobs()
+    storm.tl.domains(adata, 2, key_added="old")  # a previous result must survive a failed call
+    adata = prepare(adata)
+    before = snapshot(adata)
+    n = kwargs.pop("n_domains", None)
+    with pytest.raises(ValueError, match=match):
+        storm.tl.domains(adata, n, **kwargs)
+    assert_unchanged(adata, before)
+
+
+def test_a_bad_element_of_a_list_leaves_every_element_unchanged():
+    good, bad = blobs(seed=0), _with_nan(blobs(seed=1))
+    before = snapshot(good)
+    with pytest.raises(ValueError, match="NaN"):
+        storm.tl.domains([good, bad], 3)
+    assert_unchanged(good, before)
+
+
+def test_embeddings_of_different_widths_cannot_be_clustered_together():
+    with pytest.raises(ValueError, match="different widths"):
+        storm.tl.domains([blobs(dims=8), blobs(dims=4)], 3)
+
+
+@pytest.mark.slow  # the first kNN graph of a process compiles numba code (~10 s)
+def test_leiden_resolution_search_hits_the_asked_number():
+    pytest.importorskip("igraph")
+    adata = blobs(sizes=(80, 70, 60, 50, 40, 30), spread=6.0)
+    storm.tl.domains(adata, 6, method="leiden")
+    params = adata.uns["storm_domains"]["params"]
+    assert params["n_domains"] == 6
+    assert params["n_domains_requested"] == 6
+    assert params["resolution"] > 0
+    assert ari(adata.obs["truth"], adata.obs["storm_domains"]) > 0.95
+    again = storm.tl.domains(adata, 6, method="leiden", copy=True)
+    pd.testing.assert_series_equal(adata.obs["storm_domains"], again.obs["storm_domains"])  # deterministic
+    # without n_domains: Leiden at resolution 1.0, whatever number of domains it finds
+    storm.tl.domains(adata, method="leiden", key_added="free")
+    assert adata.uns["free"]["params"]["resolution"] == 1.0
+    assert "n_domains_requested" not in adata.uns["free"]["params"]
+    assert sorted(adata.obsp) == []
+
+
+@pytest.mark.slow
+def test_leiden_reports_what_it_reached_when_the_number_is_impossible():
+    pytest.importorskip("igraph")
+    adata = blobs(spread=50.0)  # 5 far-apart blobs: the kNN graph falls apart in 5 pieces
+    storm.tl.domains(adata, 2, method="leiden")
+    assert adata.uns["storm_domains"]["params"]["n_domains"] >= 5
+
+
+def test_gmm_retries_with_more_regularisation_when_a_fit_fails(monkeypatch):
+    from sklearn.mixture import GaussianMixture
+
+    seen = []
+    original = GaussianMixture.fit
+
+    def flaky_fit(self, X, y=None):
+        seen.append(self.reg_covar)
+        if len(seen) == 1:
+            raise ValueError(
+                "Fitting the mixture model failed because some components have ill-defined empirical covariance"
+            )
+        return original(self, X, y)
+
+    monkeypatch.setattr(GaussianMixture, "fit", flaky_fit)
+    adata = blobs()
+    storm.tl.domains(adata, 5, method="gmm")
+    assert seen == pytest.approx([1e-6, 1e-4])
+    assert ari(adata.obs["truth"], adata.obs["storm_domains"]) == pytest.approx(1.0)
