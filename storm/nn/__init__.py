@@ -19,6 +19,19 @@ from ._masking import sample_modality_drop, sample_position_mask
 from ._multiway import MultiwayBlock, apply_per_segment
 from ._novae import NovaeExpressionEncoder
 from ._pretrain_model import PRETRAINING_ONLY_PREFIXES, StormPretrainModel
+from ._slide_model import (
+    SLIDE_MODALITIES,
+    AttentionPool,
+    CrossAttention,
+    CrossModalFusion,
+    IntegratedGradients,
+    PerceiverCompressor,
+    SlideModelConfig,
+    SlideRiskModel,
+    SlideRiskOutput,
+    cox_partial_likelihood_loss,
+    integrated_gradients,
+)
 from ._spatial_encoder import MODALITIES, SpatialEncoder, SpatialEncoderOutput, centre_embedding
 from ._stain_features import RGB_FROM_HED, StainTextureFeaturizer, rgb_to_hed
 from ._timm_encoder import KNOWN_TIMM_KWARGS, TimmImageEncoder, WeightsUnavailableError
@@ -30,17 +43,26 @@ __all__ = [
     "MODALITIES",
     "PRETRAINING_ONLY_PREFIXES",
     "RGB_FROM_HED",
+    "SLIDE_MODALITIES",
+    "AttentionPool",
     "BatchKeys",
     "ConvImageEncoder",
+    "CrossAttention",
+    "CrossModalFusion",
     "EMATeacher",
     "ExpressionEncoder",
     "ExpressionHead",
     "FeedForward",
     "ImageEncoder",
+    "IntegratedGradients",
     "MultiwayBlock",
     "NovaeExpressionEncoder",
+    "PerceiverCompressor",
     "RawExpressionEncoder",
     "SelfAttention",
+    "SlideModelConfig",
+    "SlideRiskModel",
+    "SlideRiskOutput",
     "SpatialEncoder",
     "SpatialEncoderOutput",
     "StainTextureFeaturizer",
@@ -55,6 +77,8 @@ __all__ = [
     "attention_mask",
     "broadcast_gene_mask",
     "centre_embedding",
+    "cox_partial_likelihood_loss",
+    "integrated_gradients",
     "l1_l2_loss",
     "layerwise_lr_groups",
     "masked_expression_loss",

@@ -54,7 +54,8 @@ class SlideModelConfig:
         has no image branch.
     expression_dim
         Width of the per-tile expression features (e.g. the number of virtual-ST genes); ``None``: no expression
-        branch. At least one of the two must be set.
+        branch. :class:`SlideRiskModel` needs at least one of the two; :func:`storm.train.fit_slide_model_cv` fills
+        the widths left ``None`` from the bags.
     dim
         Width of the latents and of every attention layer.
     n_latents
@@ -86,8 +87,6 @@ class SlideModelConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.image_dim is None and self.expression_dim is None:
-            problems.append("at least one of image_dim and expression_dim must be set")
         for name in ("image_dim", "expression_dim"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -411,6 +410,8 @@ class SlideRiskModel(nn.Module):
             config = SlideModelConfig.from_dict(config)
         self.config = config
         c = config
+        if not c.modalities:
+            raise ValueError("SlideModelConfig sets neither image_dim nor expression_dim: the model needs a modality.")
         self.modalities = c.modalities
         self.embed = nn.ModuleDict()
         self.compress = nn.ModuleDict()

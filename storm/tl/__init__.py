@@ -10,13 +10,19 @@ from ._domains import domains
 from ._embed import embed
 from ._enrichment import enrichment, gene_set_collections, load_gene_sets
 from ._markers import domain_markers
+from ._slide import SlideRiskPrediction, fit_slide_model, predict_slide_risk, slide_features, tile_attributions
 
 __all__ = [
+    "SlideRiskPrediction",
     "domain_markers",
     "domains",
     "embed",
     "enrichment",
+    "fit_slide_model",
     "gene_set_collections",
     "load_gene_sets",
+    "predict_slide_risk",
     "signature_score",
+    "slide_features",
+    "tile_attributions",
 ]
