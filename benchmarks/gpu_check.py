@@ -29,7 +29,6 @@ def prepare(out: Path) -> None:
         os.environ["STORM_DATA_MIRROR"] = str(ROOT.parent / "shared" / "data")
     import storm
     from storm.models import StormModel
-    from storm.nn import StormNetConfig
     from storm.train._store import save_slides
 
     sections = ["C2", "C3", "C4", "C5", "C6", "B1", "D1", "E1"]
@@ -94,7 +93,8 @@ def run(data: Path, steps: int, batch_size: int, workers: int, precision: str) -
     warm = min(20, len(clock.times) // 4)
     dt = np.diff(clock.times[warm:])
     print(f"pretraining: {len(clock.times)} steps of {batch_size} windows")
-    print(f"  windows/s: {batch_size / np.median(dt):.0f} (median step {np.median(dt) * 1e3:.1f} ms, after {warm} warm-up)")
+    step = float(np.median(dt))
+    print(f"  windows/s: {batch_size / step:.0f} (median step {step * 1e3:.1f} ms, after {warm} warm-up steps)")
     if accelerator == "gpu":
         print(f"  peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     k = max(1, len(clock.losses) // 10)
@@ -104,7 +104,9 @@ def run(data: Path, steps: int, batch_size: int, workers: int, precision: str) -
     net.eval().to(trainer.strategy.root_device)
     loader = torch.utils.data.DataLoader(dm.train_set, batch_size=256, num_workers=workers)
     n, start = 0, None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if accelerator == "gpu" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if accelerator == "gpu" else torch.autocast("cpu", enabled=False)
+    )
     with torch.inference_mode(), autocast:
         for i, batch in enumerate(loader):
             batch = {k: v.to(trainer.strategy.root_device, non_blocking=True) for k, v in batch.items()}

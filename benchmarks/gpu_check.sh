@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_nn_gpu.py tests/test_models_gpu.py 2>&1 | tail -5 || true
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_*gpu*.py 2>&1 | tail -5 || true
 python3 benchmarks/gpu_check.py run --data .carry/gpu --steps "${STEPS:-300}" --batch-size "${BATCH:-128}"
