@@ -18,7 +18,7 @@ export MPLBACKEND ?= agg
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.storm-installed
 
-.PHONY: env quickstart test lint benchmarks clean
+.PHONY: env quickstart test figures lint benchmarks clean
 
 env: $(STAMP)
 
@@ -34,6 +34,14 @@ quickstart: env
 	$(BIN)/papermill tutorials/01_quickstart.ipynb $(RESULTS)/quickstart/01_quickstart.ipynb \
 		-p section $(SECTION) -p results_dir $(abspath $(RESULTS))/quickstart --cwd tutorials
 	@echo "Executed notebook and figures: $(RESULTS)/quickstart/"
+
+# Every figure notebook in full mode (slow: pretraining ablations, peers); executed copies in $(RESULTS)/notebooks.
+figures: env
+	mkdir -p $(RESULTS)/notebooks
+	for nb in notebooks/*.ipynb; do \
+		name=$$(basename $$nb .ipynb); mkdir -p $(RESULTS)/$$name; \
+		$(BIN)/papermill $$nb $(RESULTS)/notebooks/$$name.ipynb -p results_dir $(abspath $(RESULTS))/$$name --cwd notebooks || exit 1; \
+	done
 
 test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

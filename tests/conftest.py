@@ -15,9 +15,12 @@ if "STORM_DATA_MIRROR" not in os.environ and SHARED_MIRROR.is_dir():
     os.environ["STORM_DATA_MIRROR"] = str(SHARED_MIRROR)
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """One intra-op thread per test worker: tiny models on a 2-core machine run 10–30× slower with more."""
+    """One intra-op thread per test: tiny models on a 2-core machine run 10–30× slower with more.
+
+    Per test, not per session: scanpy's numba code resets torch's thread count when it first runs.
+    """
     try:
         import torch
     except ImportError:  # pragma: no cover

@@ -57,12 +57,17 @@ def main() -> None:
     size_mb = (target / "model.safetensors").stat().st_size / 1e6
     steps = training.get("steps", 0)
     val = log.dropna(subset=["val/loss"]) if "val/loss" in log else pd.DataFrame()
-    val_line = (
-        f"Validation loss (held-out windows): {val['val/loss'].iloc[0]:.4f} at step {int(val['step'].iloc[0])} → "
-        f"{val['val/loss'].iloc[-1]:.4f} at step {int(val['step'].iloc[-1])}."
-        if len(val)
-        else "No validation loss was logged."
-    )
+    if len(val) > 1:
+        first, last = val.iloc[0], val.iloc[-1]
+        val_line = (
+            f"Validation loss (held-out windows): {first['val/loss']:.4f} at step {int(first['step'])} → "
+            f"{last['val/loss']:.4f} at step {int(last['step'])}."
+        )
+    elif len(val):
+        only = val.iloc[0]
+        val_line = f"Validation loss (held-out windows): {only['val/loss']:.4f} at step {int(only['step'])}."
+    else:
+        val_line = "No validation loss was logged."
     card = f"""# {args.name}
 
 The small STORM model that ships with `storm` and that `StormModel.from_pretrained()` loads offline.

@@ -1,7 +1,16 @@
 """The user-facing STORM model: set up from AnnData, embed, save/load (safetensors), from_pretrained."""
 
+from ._checkpoint import EMBEDDED_MODELS
 from ._config import StormModelConfig
 from ._model import StormModel, resolve_device
 from ._prepare import lognorm_on_panel, prepare_slides, select_genes
 
-__all__ = ["StormModel", "StormModelConfig", "lognorm_on_panel", "prepare_slides", "resolve_device", "select_genes"]
+__all__ = [
+    "EMBEDDED_MODELS",
+    "StormModel",
+    "StormModelConfig",
+    "lognorm_on_panel",
+    "prepare_slides",
+    "resolve_device",
+    "select_genes",
+]

@@ -114,7 +114,7 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str
         Not a storm model, unknown keys, or weights whose sha256 differs from the one recorded (refused: the file
         was modified or corrupted).
     """
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -150,12 +150,12 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     actual = file_sha256(weights_path)
     if actual != expected:
         raise ValueError(
-            f"Refused {weights_path}: its sha256 ({actual[:12]}…) differs from the one in {CONFIG_FILE} "
+            f"{weights_path} is refused: its sha256 ({actual[:12]}…) differs from the one recorded in {CONFIG_FILE} "
             f"({expected[:12]}…). The file was modified or corrupted; download or copy the model again."
         )
     try:
         state = load_file(str(weights_path))
-    except SafetensorsError as err:  # pragma: no cover - a matching sha256 makes this unlikely
+    except SafetensorError as err:  # pragma: no cover - a matching sha256 makes this unlikely
         raise ValueError(f"{weights_path} is not a readable safetensors file ({err}).") from err
     config = {"version": body.get("storm_version", __version__), **{k: body[k] for k in ("net", "genes", "setup")}}
     return config, state

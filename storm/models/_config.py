@@ -96,7 +96,7 @@ class StormModelConfig:
         return int(self.net.patch_px)
 
     def setup_args(self) -> dict[str, Any]:
-        """The data-preparation arguments (everything but the network and the gene list)."""
+        """Return the data-preparation arguments (everything but the network and the gene list)."""
         return {
             "size_um": float(self.size_um),
             "window": int(self.window),

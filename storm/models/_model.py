@@ -442,12 +442,11 @@ class StormModel:
             n_weights = state["expression_encoder.gene_embedding"].shape[0]
         elif "expression_encoder.proj.weight" in state:  # the raw-expression ablation
             n_weights = state["expression_encoder.proj.weight"].shape[1]
-        if n_weights is not None:
-            if n_weights != len(config.genes):
-                raise ValueError(
-                    f"The gene list in config.json has {len(config.genes):,} genes but the weights were trained on "
-                    f"{n_weights:,}: the files do not belong together."
-                )
+        if n_weights is not None and n_weights != len(config.genes):
+            raise ValueError(
+                f"The gene list in config.json has {len(config.genes):,} genes but the weights were trained on "
+                f"{n_weights:,}: the files do not belong together."
+            )
         # The weights come from the file: do not fetch a timm backbone's pretrained weights first.
         build_net = dataclasses.replace(config.net, timm_pretrained=False)
         module = StormPretrainModel(build_net)

@@ -7,7 +7,8 @@ numpy (:class:`storm.train.SlideArrays`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,25 @@ __all__ = ["has_counts", "lognorm_on_panel", "prepare_slides", "select_genes", "
 MODES = ("auto", "joint", "image", "expression")
 
 
+@contextmanager
+def _keep_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count after scanpy calls.
+
+    scanpy's numba kernels (e.g. in ``normalize_total``) start numba's OpenMP layer, which sets the thread count of
+    the OpenMP runtime torch shares to all cores: a ``torch.set_num_threads`` chosen by the user would be lost.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 def _light(X, n_obs: int, var_names: pd.Index) -> AnnData:
-    """An AnnData around ``X`` alone (no copy of obs/uns/images): what normalize/harmonize need."""
+    """Wrap ``X`` alone in an AnnData (no copy of obs/uns/images): what normalize/harmonize need."""
     obs = pd.DataFrame(index=pd.Index(np.arange(n_obs).astype(str)))
     return AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(var_names.astype(str))))
 
@@ -89,7 +107,8 @@ def lognorm_on_panel(
     check_gene_overlap(adata.var_names, pd.Index(genes))
     _warn_if_not_counts(X, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
     light = _light(X, adata.n_obs, adata.var_names)
-    normalize(light, target_sum=target_sum, layer_added="lognorm")
+    with _keep_torch_threads():
+        normalize(light, target_sum=target_sum, layer_added="lognorm")
     panel = harmonize_genes(_light(light.layers["lognorm"], adata.n_obs, adata.var_names), genes)
     return sparse.csr_matrix(panel.X, dtype=np.float32), panel.var["measured"].to_numpy(dtype=bool)
 
@@ -109,7 +128,7 @@ def slide_has_image(adata: AnnData, library_id: str, image: str = "auto") -> boo
 def _patch_source(
     adata: AnnData, library_id: str, rows: np.ndarray, xy: np.ndarray, config: StormModelConfig
 ) -> PatchSource:
-    """The slide's image and the spots' centres in its pixels, with the scale :func:`storm.pp.patch_scale` reports."""
+    """Locate the slide's image and the spots' centres in its pixels (scale as :func:`storm.pp.patch_scale`)."""
     scale = patch_scale(
         adata, size_um=config.size_um, out_px=config.patch_px, library_id=library_id, image=config.image
     ).loc[library_id]
@@ -197,13 +216,12 @@ def prepare_slides(
                 "counts, or use mode='image'."
             )
     missing = [lib for lib in libs if not (want_image and slide_has_image(adata, lib, config.image))]
-    if want_image:
-        if need_image and missing:
-            raise ValueError(
-                f"mode={mode!r} needs an H&E image, but {len(missing)} slide(s) have none ({missing[:5]}): record "
-                "`uns['spatial'][library_id]['metadata']['fullres_path']` or add `images['hires'|'lowres']` with its "
-                "`tissue_*_scalef`; or use mode='expression'."
-            )
+    if need_image and missing:
+        raise ValueError(
+            f"mode={mode!r} needs an H&E image, but {len(missing)} slide(s) have none ({missing[:5]}): record "
+            "`uns['spatial'][library_id]['metadata']['fullres_path']` or add `images['hires'|'lowres']` with its "
+            "`tissue_*_scalef`; or use mode='expression'."
+        )
     if expr is None and len(missing) == len(libs):
         raise ValueError(
             "Nothing to embed: the data have no expression counts and no slide image for this model "
@@ -246,7 +264,7 @@ def select_genes(
     layer: str | None = None,
     target_sum: float = 1e4,
 ) -> list[str]:
-    """The model gene list: ``include`` ∪ the ``n_top_genes`` most variable genes of each data set.
+    """Choose the model gene list: ``include`` ∪ the ``n_top_genes`` most variable genes of each data set.
 
     Parameters
     ----------
@@ -280,7 +298,8 @@ def select_genes(
         for i, adata in enumerate(data):
             X = get_matrix(adata, layer)
             light = _light(X, adata.n_obs, adata.var_names)
-            normalize(light, target_sum=target_sum, layer_added="lognorm")
+            with _keep_torch_threads():
+                normalize(light, target_sum=target_sum, layer_added="lognorm")
             light.X = light.layers.pop("lognorm")
             if library_key in adata.obs:
                 light.obs["batch"] = [f"{i}:{v}" for v in adata.obs[library_key].astype(str)]
@@ -290,7 +309,7 @@ def select_genes(
             measured_anywhere.update(map(str, adata.var_names))
         combined = ad.concat(lights, join="inner", index_unique="-") if len(lights) > 1 else lights[0]
         n_batches = combined.obs["batch"].nunique()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _keep_torch_threads():
             # scanpy's notes about batch handling and zero-variance genes carry no action for the user here
             warnings.simplefilter("ignore", category=UserWarning)
             hvg = sc.pp.highly_variable_genes(
@@ -307,7 +326,8 @@ def select_genes(
             ascending=False,
             na_position="last",
         )
-        chosen += [str(g) for g in order.index[order["highly_variable"].to_numpy(dtype=bool)]]
+        # scanpy may flag a few more than n_top_genes where dispersions tie at the cut-off
+        chosen += [str(g) for g in order.index[order["highly_variable"].to_numpy(dtype=bool)]][:n_top_genes]
     kept = [str(g) for g in include if str(g) in measured_anywhere]
     if len(kept) < len(include):
         logger.info(f"select_genes: {len(include) - len(kept)} of {len(include)} included genes are measured nowhere")

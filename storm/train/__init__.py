@@ -11,8 +11,11 @@ from ._dataset import SlideBlockSampler, WindowDataset
 from ._module import StormLightningModule, WarmupCosine, step_seed
 from ._patches import crop_patches, decode_image
 from ._pretrain import build_trainer, load_datasets, pretrain
+from ._slide import BagDataset, SlideCVResult, SlideRiskModule, collate_bags, fit_slide_model_cv, predict_bags
+from ._store import load_slides, save_slides
 
 __all__ = [
+    "BagDataset",
     "DataConfig",
     "GenesConfig",
     "OptimConfig",
@@ -22,15 +25,22 @@ __all__ = [
     "SetupConfig",
     "SlideArrays",
     "SlideBlockSampler",
+    "SlideCVResult",
+    "SlideRiskModule",
     "StormDataModule",
     "StormLightningModule",
     "TrainerConfig",
     "WarmupCosine",
     "WindowDataset",
     "build_trainer",
+    "collate_bags",
     "crop_patches",
     "decode_image",
+    "fit_slide_model_cv",
     "load_datasets",
+    "load_slides",
+    "predict_bags",
     "pretrain",
+    "save_slides",
     "step_seed",
 ]

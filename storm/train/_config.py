@@ -140,7 +140,8 @@ class TrainerConfig:
     keep_checkpoints
         Keep every periodic checkpoint (``False``: only the latest and ``last.ckpt``).
     ckpt_dir, log_dir
-        Default ``OUTPUT/checkpoints`` and ``OUTPUT/logs`` (``metrics.csv``).
+        Default ``OUTPUT/checkpoints`` and ``OUTPUT/logs`` (``metrics.csv``; a resumed run writes
+        ``logs/resume-N/metrics.csv`` beside the first one).
     resume_from
         A Lightning checkpoint to resume from (``"last"``: ``ckpt_dir/last.ckpt``).
     progress_bar

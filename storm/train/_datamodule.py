@@ -116,7 +116,7 @@ class StormDataModule(LightningDataModule):
         n = int(starts[-1])
         rng = np.random.default_rng(self.seed)
         if self.split == "window":
-            n_val = int(round(self.val_fraction * n))
+            n_val = round(self.val_fraction * n)
             val = np.sort(rng.choice(n, size=n_val, replace=False)) if n_val else np.zeros(0, dtype=np.int64)
         else:
             ids = [s.library_id for s in self.slides]
@@ -126,7 +126,7 @@ class StormDataModule(LightningDataModule):
                     raise ValueError(f"val_slides {unknown} are not among the slides ({ids[:6]}…).")
                 held = [i for i, lib in enumerate(ids) if lib in set(self.val_slides)]
             else:
-                n_val = int(round(self.val_fraction * len(ids)))
+                n_val = round(self.val_fraction * len(ids))
                 if self.val_fraction > 0 and len(ids) > 1:
                     n_val = max(n_val, 1)
                 held = sorted(rng.choice(len(ids), size=min(n_val, len(ids) - 1), replace=False).tolist())
@@ -188,7 +188,7 @@ class StormDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training windows in shuffled slide blocks (order fixed by seed and epoch)."""
+        """Serve the training windows in shuffled slide blocks (order fixed by seed and epoch)."""
         self.setup("fit")
         replicas, rank = self._replicas()
         sampler = SlideBlockSampler(
@@ -209,7 +209,7 @@ class StormDataModule(LightningDataModule):
         return self._loader(self.train_set, sampler, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        """Validation windows in a fixed order (empty list without validation)."""
+        """Serve the validation windows in a fixed order (an empty list without validation)."""
         self.setup("fit")
         if self.val_set is None:
             return []
@@ -225,7 +225,7 @@ class StormDataModule(LightningDataModule):
         return self._loader(self.val_set, sampler, train=False)
 
     def state_dict(self) -> dict[str, Any]:
-        """Position in the training order: epoch and batches done in it (saved in Lightning checkpoints)."""
+        """Return the position in the training order: epoch and batches done in it (saved in checkpoints)."""
         trainer = self.trainer
         if trainer is None:
             return {}

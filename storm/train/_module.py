@@ -18,7 +18,7 @@ _VALIDATION_STEP = 2**62
 
 
 def step_seed(seed: int, global_step: int, batch_idx: int = 0, rank: int = 0) -> int:
-    """A 63-bit seed derived from ``(seed, global_step, batch_idx, rank)``.
+    """Derive a 63-bit seed from ``(seed, global_step, batch_idx, rank)``.
 
     The masks of a training batch depend only on these numbers, never on how many batches the process has drawn
     before: a run resumed from a checkpoint draws the same masks as an uninterrupted one. ``batch_idx`` tells apart
@@ -85,7 +85,8 @@ class StormLightningModule(LightningModule):
     Notes
     -----
     Logged: ``train/loss``, ``train/loss_expr``, ``train/loss_img`` per step and per epoch (``_step``/``_epoch``
-    suffixes), ``train/lr`` and ``train/teacher_std`` per step where images were reconstructed, and ``val/…`` the same per epoch.
+    suffixes), ``train/lr`` per step, ``train/teacher_std`` per step where images were reconstructed, and ``val/…``
+    the same per epoch.
     """
 
     def __init__(

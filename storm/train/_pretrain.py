@@ -32,6 +32,8 @@ _EXPECTED_WARNINGS = (
     # short runs log rarely; not a problem
     r".*smaller than the logging interval.*",
 )
+#: … and when resuming into the run's own folder.
+_RESUME_WARNINGS = (r".*Checkpoint directory .* exists and is not empty.*",)
 
 
 def _loader(name: str):
@@ -98,7 +100,7 @@ def _gpu(accelerator: str) -> bool:
 
 
 def build_trainer(config: PretrainConfig, *, has_validation: bool = True) -> Trainer:
-    """The Lightning trainer of a run: CSV logger, checkpoints, default precision, DDP that splits the windows.
+    """Build the Lightning trainer of a run: CSV logger, checkpoints, default precision, DDP that splits the windows.
 
     Parameters
     ----------
@@ -134,6 +136,13 @@ def build_trainer(config: PretrainConfig, *, has_validation: bool = True) -> Tra
         save_last=True,
         monitor=None,
     )
+    version = ""
+    if tc.resume_from and (log_dir / "metrics.csv").is_file():
+        # Lightning's CSV logger would delete the earlier run's metrics.csv: a resumed run logs beside it instead.
+        n = 1
+        while (log_dir / f"resume-{n}").exists():
+            n += 1
+        version = f"resume-{n}"
     kwargs: dict[str, Any] = {}
     if tc.val_check_interval is not None:
         kwargs["val_check_interval"] = tc.val_check_interval
@@ -146,7 +155,7 @@ def build_trainer(config: PretrainConfig, *, has_validation: bool = True) -> Tra
         max_epochs=tc.max_epochs if tc.max_epochs is not None else (-1 if tc.max_steps > 0 else None),
         accumulate_grad_batches=tc.accumulate_grad_batches,
         gradient_clip_val=tc.gradient_clip_val,
-        logger=CSVLogger(save_dir=str(log_dir), name="", version=""),
+        logger=CSVLogger(save_dir=str(log_dir), name="", version=version),
         callbacks=[checkpoint],
         log_every_n_steps=tc.log_every_n_steps,
         limit_val_batches=tc.limit_val_batches if has_validation else 0,
@@ -273,7 +282,7 @@ def pretrain(config: PretrainConfig | dict[str, Any] | str | os.PathLike) -> tup
         ckpt_path = str(Path(tc.ckpt_dir or output / "checkpoints") / "last.ckpt")
     t1 = time.perf_counter()
     with warnings.catch_warnings():
-        for pattern in _EXPECTED_WARNINGS:
+        for pattern in _EXPECTED_WARNINGS + (_RESUME_WARNINGS if ckpt_path else ()):
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - t1
