@@ -7,25 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from _data import real
+from _data import TINY_NET, real
 
 from storm.models import StormModel, StormModelConfig, resolve_device
 from storm.models._checkpoint import EMBEDDED_MODELS
 from storm.nn import StormNetConfig
 from storm.train import WindowDataset
 
-NET = {
-    "dim": 16,
-    "depth": 1,
-    "heads": 2,
-    "patch_px": 16,
-    "conv_widths": [8],
-    "image_feature_dim": 8,
-    "gene_dim": 8,
-    "decoder_dim": 16,
-    "decoder_depth": 1,
-    "decoder_heads": 2,
-}
+NET = TINY_NET
 LIB = "V1_Adult_Mouse_Brain"
 
 

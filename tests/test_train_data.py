@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from _data import real
+from _data import TINY_NET, real
 
 import storm.pp as pp
 from storm.models import StormModel
@@ -23,18 +23,7 @@ from storm.train import (
     crop_patches,
 )
 
-NET = {
-    "dim": 16,
-    "depth": 1,
-    "heads": 2,
-    "patch_px": 16,
-    "conv_widths": [8],
-    "image_feature_dim": 8,
-    "gene_dim": 8,
-    "decoder_dim": 16,
-    "decoder_depth": 1,
-    "decoder_heads": 2,
-}
+NET = TINY_NET
 
 
 @pytest.fixture(scope="module")

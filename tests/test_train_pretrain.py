@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _data import real
+from _data import TINY_NET, real
 from lightning.pytorch import Callback
 
 from storm.models import StormModel
@@ -29,18 +29,7 @@ from storm.train._pretrain import _EXPECTED_WARNINGS, _RESUME_WARNINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "storm" / "train" / "configs"
-NET = {
-    "dim": 16,
-    "depth": 1,
-    "heads": 2,
-    "patch_px": 16,
-    "conv_widths": [8],
-    "image_feature_dim": 8,
-    "gene_dim": 8,
-    "decoder_dim": 16,
-    "decoder_depth": 1,
-    "decoder_heads": 2,
-}
+NET = TINY_NET
 
 
 @pytest.fixture(scope="module")

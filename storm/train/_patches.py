@@ -1,45 +1,21 @@
 """Cut spot patches from an already-decoded slide image, without AnnData (used inside data-loader workers).
 
-The geometry is that of :func:`storm.pp.extract_patches` (which works on an AnnData and streams a whole slide):
-a square of ``side`` image pixels centred at a continuous position, resampled at sub-pixel precision by PIL's
-bilinear filter, white outside the image. ``tests/test_train_data.py`` checks that both give identical bytes.
+The geometry is :func:`storm._patch_geometry.crop_resize`, the one :func:`storm.pp.extract_patches` uses too;
+``tests/test_train_data.py`` checks that both give identical bytes.
 """
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 
+from storm._patch_geometry import PAD_VALUE, crop_resize
+
 __all__ = ["PAD_VALUE", "crop_patches", "decode_image"]
 
-#: White (bare glass) where a patch reaches past the image border, as in :mod:`storm.pp`.
-PAD_VALUE = 255
 #: Refuse larger images (decompression-bomb guard, as :class:`storm.io.LazyImage`).
 MAX_PIXELS = 2_500_000_000
-
-
-def _crop_one(img: np.ndarray, cx: float, cy: float, side: float, out_px: int, resample) -> np.ndarray:
-    from PIL import Image
-
-    height, width = img.shape[:2]
-    half = side / 2
-    x0, y0, x1, y1 = cx - half, cy - half, cx + half, cy + half
-    # One pixel of margin: the bilinear kernel reads the neighbours of the edge pixels.
-    ix0, iy0 = math.floor(x0) - 1, math.floor(y0) - 1
-    ix1, iy1 = math.ceil(x1) + 1, math.ceil(y1) + 1
-    if ix0 >= 0 and iy0 >= 0 and ix1 <= width and iy1 <= height:
-        region = img[iy0:iy1, ix0:ix1]
-    else:
-        region = np.full((iy1 - iy0, ix1 - ix0, 3), PAD_VALUE, dtype=np.uint8)
-        sx0, sy0, sx1, sy1 = max(ix0, 0), max(iy0, 0), min(ix1, width), min(iy1, height)
-        if sx1 > sx0 and sy1 > sy0:
-            region[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = img[sy0:sy1, sx0:sx1]
-    patch = Image.fromarray(np.ascontiguousarray(region)).resize(
-        (out_px, out_px), resample, box=(x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
-    )
-    return np.asarray(patch)
 
 
 def crop_patches(image: np.ndarray, centres: np.ndarray, side: float, out_px: int) -> np.ndarray:
@@ -62,13 +38,10 @@ def crop_patches(image: np.ndarray, centres: np.ndarray, side: float, out_px: in
     np.ndarray
         uint8 ``(n, out_px, out_px, 3)``; white (255) where a square leaves the image.
     """
-    from PIL import Image
-
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
     out = np.empty((len(centres), out_px, out_px, 3), dtype=np.uint8)
-    resample = Image.Resampling.BILINEAR
     for i, (cx, cy) in enumerate(centres):
-        out[i] = _crop_one(image, float(cx), float(cy), float(side), int(out_px), resample)
+        out[i] = crop_resize(image, float(cx), float(cy), float(side), int(out_px))
     return out
 
 
