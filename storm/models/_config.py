@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from storm._dataclasses import unknown_keys
 from storm._version import __version__
 from storm.nn import StormNetConfig
 
@@ -119,10 +119,9 @@ class StormModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> StormModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (a file of another storm version)."""
         setup = dict(d.get("setup") or {})
-        known = {f.name for f in dataclasses.fields(cls)} - {"net", "genes", "version"}
-        unknown = sorted(set(setup) - known)
+        unknown = unknown_keys(cls, setup, exclude=frozenset({"net", "genes", "version"}))
         if unknown:
-            raise ValueError(f"Unknown setup arguments {unknown} in the model configuration (known: {sorted(known)}).")
+            raise ValueError(f"Unknown setup arguments {unknown} in the model configuration.")
         for key in ("net", "genes"):
             if key not in d:
                 raise ValueError(f"The model configuration has no {key!r}.")

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from storm._dataclasses import strict_from_dict
+
 __all__ = ["StormNetConfig"]
 
 ImageEncoderKind = Literal["conv", "timm", "stain", "precomputed", "none"]
@@ -170,8 +172,4 @@ class StormNetConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StormNetConfig:
         """Build a config from :meth:`to_dict` output; unknown keys are an error (a checkpoint of another version)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown StormNetConfig fields {unknown}; was the checkpoint written by a newer storm?")
-        return cls(**d)
+        return strict_from_dict(cls, d, label="StormNetConfig fields")

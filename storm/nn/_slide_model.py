@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from storm._dataclasses import strict_from_dict
 from storm.nn._attention import FeedForward, TransformerBlock
 
 __all__ = [
@@ -124,11 +125,7 @@ class SlideModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SlideModelConfig:
         """Build a config from :meth:`to_dict` output; unknown keys are an error (a checkpoint of another version)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"Unknown SlideModelConfig fields {unknown}; was the model written by a newer storm?")
-        return cls(**d)
+        return strict_from_dict(cls, d, label="SlideModelConfig fields")
 
 
 class CrossAttention(nn.Module):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storm._dataclasses import strict_from_dict
+
 __all__ = [
     "DataConfig",
     "GenesConfig",
@@ -19,14 +21,7 @@ __all__ = [
 
 
 def _from_dict(cls, d: dict[str, Any] | None, where: str):
-    d = dict(d or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(
-            f"Unknown keys {unknown} in `{where}` of the pretraining configuration (known: {sorted(names)})."
-        )
-    return cls(**d)
+    return strict_from_dict(cls, d, label="keys", where=f" in `{where}` of the pretraining configuration")
 
 
 @dataclass
