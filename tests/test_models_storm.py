@@ -208,3 +208,34 @@ def test_setup_ablation_window_1(adata):
     (slide,) = m.prepare(adata)
     assert slide.window_size == 1
     assert m.embed(adata, progress=False).shape == (49, 16)  # single-spot windows
+
+
+def _raw_windows(slide, rows, w):
+    """The network's input for the windows of ``rows``, gathered from spot arrays the way training does."""
+    from storm.nn import BatchKeys
+
+    index = slide.index[rows, :w]
+    valid = index >= 0
+    expr = slide.expression(np.maximum(index, 0).ravel()).reshape(*index.shape, -1) * valid[..., None]
+    return {
+        BatchKeys.OFFSETS: torch.from_numpy(slide.offsets_um[rows, :w]),
+        BatchKeys.POS_MASK: torch.from_numpy(valid),
+        BatchKeys.EXPR: torch.from_numpy(expr),
+        BatchKeys.GENE_MASK: torch.from_numpy(slide.gene_mask).expand(len(rows), -1),
+    }
+
+
+def test_embed_of_storm_mini_equals_the_network_on_raw_windows_of_a_real_section():
+    """Spot tokens encoded once per chunk and gathered into windows give the network's output on whole windows."""
+    dlpfc = real("dlpfc", "151673")
+    model = StormModel.from_pretrained()
+    emb = model.embed(dlpfc, mode="expression", chunk_size=1000, progress=False)
+    alone = model.embed(dlpfc, mode="expression", context=False, progress=False)
+    (slide,) = model.prepare(dlpfc, mode="expression")
+    rows = np.random.default_rng(0).choice(slide.n_obs, 200, replace=False)
+    with torch.inference_mode():
+        ref = model.module.embed(_raw_windows(slide, rows, model.config.net.window_size)).numpy()
+        ref_alone = model.module.embed(_raw_windows(slide, rows, 1)).numpy()
+    np.testing.assert_allclose(emb[slide.obs_rows[rows]], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(alone[slide.obs_rows[rows]], ref_alone, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(alone, emb, atol=1e-2)  # the context changes the embedding

@@ -250,3 +250,88 @@ def test_default_config_is_small():
     counts = model.parameter_counts()
     assert counts["total"] * 4 < 25e6  # fp32 safetensors, EMA teacher and decoders included
     assert 1e6 < counts["image_encoder"] < 3e6
+
+
+class _PlainExpressionEncoder(torch.nn.Module):
+    """An expression encoder with only ``forward`` (no ``encode_spots``/``contextualize``): the fallback path."""
+
+    def __init__(self, n_genes: int, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.proj = torch.nn.Linear(n_genes, dim)
+
+    def forward(self, expr, gene_mask, offsets_um, pos_mask):
+        return self.proj(expr * gene_mask) + offsets_um.sum(-1, keepdim=True) / 100
+
+
+@pytest.mark.parametrize(
+    ("kw", "image", "expr"),
+    [
+        ({}, True, True),
+        ({}, False, True),
+        ({}, True, False),
+        ({"expression_encoder": "raw"}, True, True),
+        ({"depth": 1}, False, True),
+        ({"image_encoder": "none"}, False, True),
+        ({"plain": True}, False, True),
+    ],
+)
+def test_embed_windows_of_spot_features_equals_embed_of_raw_windows(kw, image, expr):
+    """The inference path (spots encoded once, gathered into windows) equals the network on whole windows."""
+    kw = dict(kw)
+    if kw.pop("plain", False):
+        torch.manual_seed(0)
+        model = StormPretrainModel(_config(), expression_encoder=_PlainExpressionEncoder(G, 32))
+    else:
+        model = _model(**kw)
+    g = torch.Generator().manual_seed(3)
+    n, b = 30, 7
+    spot_expr = torch.rand(n, G, generator=g) * 3
+    spot_img = torch.randint(0, 256, (n, 3, PX, PX), dtype=torch.uint8, generator=g)
+    gene_mask = torch.ones(G, dtype=torch.bool)
+    gene_mask[::3] = False
+    index = torch.randint(0, n, (b, W), generator=g)
+    index[:, 0] = torch.arange(b)
+    index[2, 5:] = -1  # padding at an edge
+    index[4, 1:] = -1  # an isolated spot
+    offsets = torch.randn(b, W, 2, generator=g) * 80
+    offsets[:, 0] = 0
+    offsets[index < 0] = 0
+    rows = index.clamp_min(0)
+    batch = {
+        BatchKeys.OFFSETS: offsets,
+        BatchKeys.POS_MASK: index >= 0,
+        BatchKeys.GENE_MASK: gene_mask.expand(b, G),
+    }
+    if image:
+        batch[BatchKeys.IMAGE] = spot_img[rows]
+    if expr:
+        batch[BatchKeys.EXPR] = spot_expr[rows]
+    with torch.inference_mode():
+        ref = model.embed(batch)
+        spots = model.spot_features(
+            image=spot_img if image else None, expr=spot_expr if expr else None, gene_mask=gene_mask
+        )
+        fast = model.embed_windows(spots, index, offsets)
+        full = model.encode(batch)  # every token: the niche is their mean over the valid ones
+        centre, niche = model.embed_windows(spots, index, offsets, niche=True)
+    assert fast.shape == ref.shape == (b, 32)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(centre, ref, rtol=1e-4, atol=1e-5)
+    weights = full.token_valid.float().unsqueeze(-1)
+    torch.testing.assert_close(niche, (full.tokens * weights).sum(1) / weights.sum(1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(niche[4], ref[4], rtol=1e-4, atol=1e-5)  # an isolated spot is its own niche
+    assert model.training  # restored
+
+
+def test_spot_features_validation():
+    model = _model()
+    with pytest.raises(ValueError, match=r"expr must be \(N, 20\)"):
+        model.spot_features(expr=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="image must be"):
+        model.spot_features(image=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="No input"):
+        model.spot_features()
+    spots = model.spot_features(expr=torch.zeros(3, G))
+    with pytest.raises(ValueError, match=r"index must be \(B, W\)"):
+        model.embed_windows(spots, torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, 2))

@@ -64,6 +64,7 @@ def test_embed_writes_obsm_and_params():
         "version": "0.0.1",
         "batch_size": 16,
         "library_key": "library_id",
+        "context": True,
     }
     assert model.calls == [{"n_obs": 30, "mode": "joint", "batch_size": 16, "accelerator": "cpu"}]
 
@@ -170,3 +171,33 @@ def test_a_failing_element_of_a_list_leaves_the_others_unchanged():
 def test_not_an_anndata():
     with pytest.raises(ValueError, match="Expected an AnnData"):
         storm.tl.embed(np.zeros((3, 3)), FakeModel())
+
+
+class NicheModel(FakeModel):
+    """A fake with StormModel's ``niche`` option and ``config`` (patch size), for the niche and scale rules."""
+
+    config = types.SimpleNamespace(size_um=55.0, patch_px=64, image="auto")
+
+    def embed(self, adata, *, mode, batch_size, accelerator, library_key, niche=False):
+        emb = super().embed(adata, mode=mode, batch_size=batch_size, accelerator=accelerator, library_key=library_key)
+        return (emb, emb[::-1].copy()) if niche else emb
+
+
+def test_the_niche_embedding_is_written_beside_the_centre_one():
+    adata = spots(images=False)
+    storm.tl.embed(adata, NicheModel(dims=4))
+    assert adata.obsm["X_storm_niche"].shape == (30, 4)
+    assert adata.obsm["X_storm_niche"].dtype == np.float32
+    np.testing.assert_array_equal(adata.obsm["X_storm_niche"], adata.obsm["X_storm"][::-1])
+    storm.tl.embed(adata, FakeModel(), key_added="plain")  # a model without the option: no niche written
+    assert "plain_niche" not in adata.obsm
+
+
+def test_auto_mode_skips_an_image_too_coarse_for_the_patches():
+    # an 8-px image of a ~100-px-wide slide: a 55-µm patch would be a pixel or two, blown up to 64 px
+    adata = spots()
+    model = NicheModel()
+    storm.tl.embed(adata, model)
+    assert adata.uns["X_storm"]["params"]["mode"] == "expression"
+    storm.tl.embed(adata, model, mode="joint")  # asked for explicitly: used anyway
+    assert adata.uns["X_storm"]["params"]["mode"] == "joint"

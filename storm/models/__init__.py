@@ -3,13 +3,15 @@
 from ._checkpoint import EMBEDDED_MODELS
 from ._config import StormModelConfig
 from ._model import StormModel, resolve_device
-from ._prepare import lognorm_on_panel, prepare_slides, select_genes
+from ._prepare import lognorm_on_panel, match_genes, panel_coverage, prepare_slides, select_genes
 
 __all__ = [
     "EMBEDDED_MODELS",
     "StormModel",
     "StormModelConfig",
     "lognorm_on_panel",
+    "match_genes",
+    "panel_coverage",
     "prepare_slides",
     "resolve_device",
     "select_genes",

@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 from storm._logging import logger
 from storm.models._checkpoint import read_checkpoint, resolve_pretrained, write_checkpoint
 from storm.models._config import StormModelConfig, window_positions
-from storm.models._prepare import pca_loadings, prepare_slides, select_genes
-from storm.nn import BatchKeys, ExpressionEncoder, StormNetConfig, StormPretrainModel
+from storm.models._prepare import panel_coverage, pca_loadings, prepare_slides, select_genes
+from storm.nn import ExpressionEncoder, StormNetConfig, StormPretrainModel
 from storm.train._data import SlideArrays
 
 __all__ = ["StormModel", "resolve_device"]
@@ -256,6 +256,25 @@ class StormModel:
             adata, self.config, mode=mode, library_key=library_key, layer=layer, modalities=self.modalities
         )
 
+    def gene_coverage(self, adata: AnnData) -> dict[str, int | float]:
+        """How much of ``adata``'s gene panel this model reads (genes not on its list are ignored).
+
+        Names match exactly, else ignoring letter case (e.g. mouse ``Gad1`` → human ``GAD1``; see
+        :func:`storm.models.match_genes`).
+
+        Parameters
+        ----------
+        adata
+            Cells or spots × genes. Not modified.
+
+        Returns
+        -------
+        dict
+            ``n_genes`` (of ``adata``), ``n_model_genes``, ``n_used``, ``n_matched_ignoring_case``,
+            ``fraction_used`` (of ``adata``'s genes) and ``fraction_of_model`` (of the model's gene list).
+        """
+        return panel_coverage(adata.var_names, self.config.genes)
+
     # ------------------------------------------------------------------ inference
     def embed(
         self,
@@ -267,8 +286,10 @@ class StormModel:
         library_key: str = "library_id",
         layer: str | None = None,
         chunk_size: int = 2048,
+        context: bool = True,
+        niche: bool = False,
         progress: bool = True,
-    ) -> np.ndarray | list[np.ndarray]:
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | list:
         """Embed every spot: the centre token(s) of its window, from the frozen model.
 
         Parameters
@@ -291,13 +312,20 @@ class StormModel:
         chunk_size
             Windows per chunk: the image features of the spots a chunk's windows touch are computed once and shared
             by its windows; memory grows with the chunk, not with the slide.
+        context
+            ``False``: each spot's window holds only the spot itself (the "no spatial context" ablation of the paper,
+            with the same weights).
+        niche
+            Also return the niche embeddings: the mean of all output tokens of each spot's window, a description of
+            its neighbourhood (what :func:`storm.tl.domains` clusters). Costs one full last transformer block.
         progress
             Show a progress bar.
 
         Returns
         -------
-        np.ndarray or list of np.ndarray
-            float32 ``(n_obs, dim)`` in ``adata.obs`` order (one array per AnnData for a list).
+        np.ndarray, tuple or list
+            float32 ``(n_obs, dim)`` in ``adata.obs`` order; with ``niche=True`` the pair ``(centre, niche)``; one
+            result per AnnData for a list.
 
         Raises
         ------
@@ -315,6 +343,8 @@ class StormModel:
                     library_key=library_key,
                     layer=layer,
                     chunk_size=chunk_size,
+                    context=context,
+                    niche=niche,
                     progress=progress,
                 )
                 for a in adata
@@ -332,23 +362,38 @@ class StormModel:
         was_training = self.module.training
         self.module.eval()
         out = np.zeros((adata.n_obs, self.dim), dtype=np.float32)
+        out_niche = np.zeros_like(out) if niche else None
         total = sum(s.n_obs for s in slides)
         bar = tqdm(total=total, desc="storm embed", unit="spot", disable=not progress)
         try:
             with torch.inference_mode():
                 for slide in slides:
-                    self._embed_slide(slide, out, device, batch_size, chunk_size, bar)
+                    self._embed_slide(slide, out, out_niche, device, batch_size, chunk_size, bar, context=context)
         finally:
             bar.close()
             self.module.train(was_training)
         modes = {("joint" if s.has_image and s.has_expr else "image" if s.has_image else "expression") for s in slides}
-        logger.info(f"embed: {adata.n_obs:,} spots of {len(slides)} slide(s) embedded ({', '.join(sorted(modes))})")
-        return out
+        logger.info(
+            f"embed: {adata.n_obs:,} spots of {len(slides)} slide(s) embedded ({', '.join(sorted(modes))}"
+            f"{'' if context else ', no spatial context'})"
+        )
+        return (out, out_niche) if niche else out
 
     def _embed_slide(
-        self, slide: SlideArrays, out: np.ndarray, device: torch.device, batch_size: int, chunk_size: int, bar
+        self,
+        slide: SlideArrays,
+        out: np.ndarray,
+        out_niche: np.ndarray | None,
+        device: torch.device,
+        batch_size: int,
+        chunk_size: int,
+        bar,
+        *,
+        context: bool = True,
     ) -> None:
-        w = min(slide.window_size, self.config.net.window_size)
+        # Each chunk's windows touch a set of spots; every one of them is encoded once (image features, expression
+        # token before neighbourhood attention) and gathered into the windows (StormPretrainModel.embed_windows).
+        w = min(slide.window_size, self.config.net.window_size) if context else 1
         pixels = slide.patches.load() if slide.has_image else None
         px = self.config.patch_px
         gene_mask = torch.from_numpy(slide.gene_mask).to(device) if slide.has_expr else None
@@ -357,31 +402,29 @@ class StormModel:
             index = slide.index[centres, :w]
             valid = index >= 0
             needed = np.unique(index[valid])  # spots the chunk's windows touch, each encoded once
-            pos = np.searchsorted(needed, np.where(valid, index, needed[0]))
-            feats = expr = None
-            if pixels is not None:
-                parts = []
-                for b0 in range(0, len(needed), batch_size):
-                    patches = slide.patches.cut(pixels, needed[b0 : b0 + batch_size], px)
-                    batch = torch.from_numpy(patches).permute(0, 3, 1, 2).to(device)
-                    parts.append(self.module.image_features(batch).float())
-                feats = torch.cat(parts)
-            if slide.has_expr:
-                expr = torch.from_numpy(slide.expression(needed)).to(device)
+            pos = np.where(valid, np.searchsorted(needed, np.where(valid, index, needed[0])), -1)
+            parts: dict[str, list[torch.Tensor]] = {}
+            for b0 in range(0, len(needed), batch_size):
+                rows = needed[b0 : b0 + batch_size]
+                image = expr = None
+                if pixels is not None:
+                    patches = slide.patches.cut(pixels, rows, px)
+                    image = torch.from_numpy(patches).permute(0, 3, 1, 2).to(device)
+                if slide.has_expr:
+                    expr = torch.from_numpy(slide.expression(rows)).to(device)
+                feats = self.module.spot_features(image=image, expr=expr, gene_mask=gene_mask)
+                for key, value in feats.items():
+                    parts.setdefault(key, []).append(value)
+            spots = {key: torch.cat(value) for key, value in parts.items()}
             offsets_all = torch.from_numpy(slide.offsets_um[centres, :w]).to(device)
             pos_t = torch.from_numpy(pos).to(device)
-            valid_t = torch.from_numpy(valid).to(device)
             for b0 in range(0, len(centres), batch_size):
                 sl = slice(b0, b0 + batch_size)
-                p, v = pos_t[sl], valid_t[sl]
-                batch: dict[str, torch.Tensor] = {BatchKeys.OFFSETS: offsets_all[sl], BatchKeys.POS_MASK: v}
-                if feats is not None:
-                    batch[BatchKeys.IMAGE] = feats[p] * v.unsqueeze(-1)
-                if expr is not None:
-                    batch[BatchKeys.EXPR] = expr[p] * v.unsqueeze(-1)
-                    batch[BatchKeys.GENE_MASK] = gene_mask.expand(p.shape[0], -1)
-                emb = self.module.embed(batch, use_image=feats is not None, use_expression=expr is not None)
+                emb = self.module.embed_windows(spots, pos_t[sl], offsets_all[sl], niche=out_niche is not None)
                 rows = slide.obs_rows[centres[sl]]
+                if out_niche is not None:
+                    emb, emb_niche = emb
+                    out_niche[rows] = emb_niche.float().cpu().numpy()
                 out[rows] = emb.float().cpu().numpy()
                 bar.update(len(rows))
 

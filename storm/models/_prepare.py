@@ -19,6 +19,7 @@ from storm._logging import logger
 from storm.io._spatial import to_rgb_uint8
 from storm.models._config import StormModelConfig
 from storm.pp import harmonize_genes, normalize, patch_scale, spatial_windows
+from storm.pp._scale import is_he_image
 from storm.pp._validate import (
     check_coordinates_in_image,
     check_gene_overlap,
@@ -28,7 +29,15 @@ from storm.pp._validate import (
 )
 from storm.train._data import PatchSource, SlideArrays
 
-__all__ = ["has_counts", "lognorm_on_panel", "prepare_slides", "select_genes", "slide_has_image"]
+__all__ = [
+    "has_counts",
+    "lognorm_on_panel",
+    "match_genes",
+    "panel_coverage",
+    "prepare_slides",
+    "select_genes",
+    "slide_has_image",
+]
 
 MODES = ("auto", "joint", "image", "expression")
 
@@ -73,8 +82,87 @@ def _warn_if_not_counts(X, where: str) -> None:
         )
 
 
+def match_genes(source: Sequence[str] | pd.Index, genes: Sequence[str], *, ignore_case: bool = True) -> pd.Index:
+    """Rename the genes ``source`` onto the gene list ``genes``: exact matches, then matches ignoring letter case.
+
+    A gene of ``source`` keeps its name unless it is not on ``genes`` but exactly one gene of ``genes`` not matched
+    exactly equals it ignoring case, and no other gene of ``source`` claims that name: then it takes that name. This
+    maps e.g. a mouse panel (``Gad1``) onto a human gene list (``GAD1``): for most one-to-one orthologues the symbols
+    agree up to letter case.
+
+    Parameters
+    ----------
+    source
+        Gene names of the data (unique).
+    genes
+        The target gene list (unique).
+    ignore_case
+        Allow the matches ignoring case; ``False`` returns ``source`` unchanged.
+
+    Returns
+    -------
+    pd.Index
+        ``source`` with renamed genes, in the same order (unique).
+    """
+    source = pd.Index([str(g) for g in source])
+    if not ignore_case:
+        return source
+    target = pd.Index([str(g) for g in genes])
+    exact = set(source) & set(target)
+    free = target[~target.isin(exact)]
+    upper = pd.Series(free, index=free.str.upper())
+    upper = upper[~upper.index.duplicated(keep=False)]  # ambiguous ignoring case: no match
+    names = source.to_numpy(dtype=object).copy()
+    todo = np.flatnonzero(~source.isin(exact))
+    keys = source[todo].str.upper()
+    claims = pd.Series(keys).value_counts()
+    for i, key in zip(todo, keys, strict=True):
+        if key in upper.index and claims[key] == 1:
+            names[i] = upper[key]
+    return pd.Index(names)
+
+
+def panel_coverage(source: Sequence[str] | pd.Index, genes: Sequence[str], *, ignore_case: bool = True) -> dict:
+    """How much of a data set's gene panel a model with gene list ``genes`` reads (see :func:`match_genes`).
+
+    Parameters
+    ----------
+    source
+        Gene names of the data.
+    genes
+        The model's gene list.
+    ignore_case
+        Match names ignoring letter case where no exact match exists.
+
+    Returns
+    -------
+    dict
+        ``n_genes`` (data), ``n_model_genes``, ``n_used`` (data genes on the model's list; the others are ignored),
+        ``n_matched_ignoring_case``, ``fraction_used`` (``n_used / n_genes``) and ``fraction_of_model``
+        (``n_used / n_model_genes``).
+    """
+    source = pd.Index([str(g) for g in source])
+    renamed = match_genes(source, genes, ignore_case=ignore_case)
+    target = pd.Index([str(g) for g in genes])
+    used = renamed.isin(target)
+    n_used = int(used.sum())
+    return {
+        "n_genes": len(source),
+        "n_model_genes": len(target),
+        "n_used": n_used,
+        "n_matched_ignoring_case": int((used & (renamed != source)).sum()),
+        "fraction_used": n_used / max(len(source), 1),
+        "fraction_of_model": n_used / max(len(target), 1),
+    }
+
+
 def lognorm_on_panel(
-    adata: AnnData, genes: Sequence[str], *, target_sum: float = 1e4, layer: str | None = None
+    adata: AnnData,
+    genes: Sequence[str],
+    *,
+    target_sum: float = 1e4,
+    layer: str | None = None,
+    ignore_case: bool = False,
 ) -> tuple[sparse.csr_matrix, np.ndarray]:
     """``log1p`` of library-size-normalised counts (:func:`storm.pp.normalize`) on the gene list ``genes``.
 
@@ -91,6 +179,8 @@ def lognorm_on_panel(
         Counts per spot before ``log1p``.
     layer
         Read counts from this layer.
+    ignore_case
+        Match gene names ignoring letter case where no exact match exists (:func:`match_genes`).
 
     Returns
     -------
@@ -104,18 +194,24 @@ def lognorm_on_panel(
         non-finite counts, or duplicated gene names.
     """
     X = get_matrix(adata, layer)
-    check_gene_overlap(adata.var_names, pd.Index(genes))
+    var_names = match_genes(adata.var_names, genes, ignore_case=ignore_case)
+    check_gene_overlap(var_names, pd.Index(genes))
     _warn_if_not_counts(X, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
-    light = _light(X, adata.n_obs, adata.var_names)
+    light = _light(X, adata.n_obs, var_names)
     with _keep_torch_threads():
         normalize(light, target_sum=target_sum, layer_added="lognorm")
-    panel = harmonize_genes(_light(light.layers["lognorm"], adata.n_obs, adata.var_names), genes)
+    panel = harmonize_genes(_light(light.layers["lognorm"], adata.n_obs, var_names), genes)
     return sparse.csr_matrix(panel.X, dtype=np.float32), panel.var["measured"].to_numpy(dtype=bool)
 
 
 def slide_has_image(adata: AnnData, library_id: str, image: str = "auto") -> bool:
-    """Whether a slide has an image patches can be cut from (a recorded full-resolution file, or hires/lowres)."""
+    """Whether a slide has an H&E image patches can be cut from (a recorded full-resolution file, or hires/lowres).
+
+    Images whose ``metadata['image_type']`` names another stain (e.g. DAPI) do not count (:func:`is_he_image`).
+    """
     entry = adata.uns.get("spatial", {}).get(library_id) or {}
+    if not is_he_image(entry.get("metadata")):
+        return False
     images = entry.get("images") or {}
     path = (entry.get("metadata") or {}).get("fullres_path")
     if image == "auto":
@@ -208,7 +304,30 @@ def prepare_slides(
     expr = measured = None
     if want_expr:
         if has_counts(adata, layer):
-            expr, measured = lognorm_on_panel(adata, config.genes, target_sum=config.target_sum, layer=layer)
+            coverage = panel_coverage(adata.var_names, config.genes)
+            if coverage["n_used"] == 0:
+                raise ValueError(
+                    f"No gene overlaps: the data has {coverage['n_genes']:,} genes (e.g. "
+                    f"{', '.join(map(repr, adata.var_names[:3]))}) and the model's gene panel {len(config.genes):,} "
+                    f"(e.g. {', '.join(map(repr, config.genes[:3]))}), none in common even ignoring letter case, so "
+                    "the model cannot read this expression. Put gene symbols in `adata.var_names` (not Ensembl ids or "
+                    "probe names), pretrain or adapt a model on this panel (`StormModel.setup(adata)` + "
+                    "`storm.train.pretrain`), or "
+                    "use mode='image' where the slides have an H&E image."
+                )
+            logger.info(
+                f"prepare_slides: {coverage['n_used']:,} of the data's {coverage['n_genes']:,} genes "
+                f"({coverage['fraction_used']:.0%}) are on the model's gene list of {coverage['n_model_genes']:,}"
+                + (
+                    f" ({coverage['n_matched_ignoring_case']:,} matched ignoring letter case)"
+                    if coverage["n_matched_ignoring_case"]
+                    else ""
+                )
+                + f"; the other {coverage['n_genes'] - coverage['n_used']:,} are ignored"
+            )
+            expr, measured = lognorm_on_panel(
+                adata, config.genes, target_sum=config.target_sum, layer=layer, ignore_case=True
+            )
         elif need_expr:
             where = "`adata.X` is empty" if layer is None else f"there is no `adata.layers[{layer!r}]`"
             raise ValueError(
@@ -235,9 +354,14 @@ def prepare_slides(
     slides = []
     for code, lib in enumerate(libs):
         rows = np.flatnonzero(codes == code)
+        whole = len(libs) == 1  # one slide: its rows are all rows, in order; no copies (a million cells: ~1 GB)
         local[rows] = np.arange(len(rows))
-        index = windows.index[rows]
-        index = np.where(index >= 0, local[np.maximum(index, 0)], -1)
+        if whole:
+            index, offsets = windows.index, windows.offsets_um
+        else:
+            index = windows.index[rows]
+            index = np.where(index >= 0, local[np.maximum(index, 0)], -1)
+            offsets = windows.offsets_um[rows]
         patches = None
         if lib not in missing:
             patches = _patch_source(adata, lib, rows, xy, config)
@@ -245,8 +369,8 @@ def prepare_slides(
             SlideArrays(
                 library_id=lib,
                 index=index,
-                offsets_um=windows.offsets_um[rows],
-                expr=expr[rows] if expr is not None else None,
+                offsets_um=offsets,
+                expr=(expr if whole else expr[rows]) if expr is not None else None,
                 gene_mask=measured,
                 patches=patches,
                 obs_rows=rows,

@@ -56,6 +56,35 @@ class SelfAttention(nn.Module):
         )
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
 
+    def forward_queries(
+        self, x: torch.Tensor, queries: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Return the outputs of :meth:`forward` at the tokens ``queries`` only (keys and values: all tokens).
+
+        Parameters
+        ----------
+        x
+            Tokens, shape ``(B, T, dim)``.
+        queries
+            Long ``(Q,)``: token indices whose outputs are wanted.
+        attn_mask
+            Additive float mask broadcastable to ``(B, heads, T, T)`` (the full mask; its rows are selected here).
+
+        Returns
+        -------
+        torch.Tensor
+            Shape ``(B, Q, dim)``, equal to ``forward(x, attn_mask)[:, queries]``.
+        """
+        b, t, d = x.shape
+        hd = d // self.heads
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, queries], weight[:d], bias[:d]).view(b, -1, self.heads, hd).transpose(1, 2)
+        k, v = F.linear(x, weight[d:], bias[d:]).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None:
+            attn_mask = attn_mask[..., queries, :].to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, -1, d))
+
 
 class FeedForward(nn.Sequential):
     """Two-layer MLP with GELU: ``dim → hidden → dim``.

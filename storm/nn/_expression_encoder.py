@@ -184,12 +184,48 @@ class ExpressionEncoder(nn.Module):
             ``(B, W, dim)``; rows at ``~pos_mask`` are defined but meaningless.
         """
         mask = broadcast_gene_mask(gene_mask, expr) & pos_mask.bool().unsqueeze(-1)
-        h = self.encode_spots(expr, mask)
+        return self.contextualize(self.encode_spots(expr, mask), offsets_um, pos_mask)
+
+    def contextualize(
+        self,
+        tokens: torch.Tensor,
+        offsets_um: torch.Tensor,
+        pos_mask: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Second half of :meth:`forward`: neighbourhood attention over spot tokens already encoded.
+
+        ``forward(expr, gene_mask, offsets, pos_mask)`` equals ``contextualize(encode_spots(expr, mask), offsets,
+        pos_mask)``; at inference a spot's :meth:`encode_spots` token can thus be computed once and shared by the
+        windows it appears in.
+
+        Parameters
+        ----------
+        tokens
+            ``(B, W, dim)`` outputs of :meth:`encode_spots` (values at ``~pos_mask`` are ignored).
+        offsets_um
+            ``(B, W, 2)`` µm offsets from the centre.
+        pos_mask
+            ``(B, W)`` bool: valid positions.
+        attn_mask
+            The ``(B, heads, W, W)`` mask this method would build from ``offsets_um`` and ``pos_mask`` (ALiBi with
+            :attr:`slopes` and ``alibi_scale_um``, padding), when the caller has it already.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, W, dim)``; rows at ``~pos_mask`` are defined but meaningless.
+        """
         if not self.context:
-            return h
-        zero = torch.zeros((), dtype=offsets_um.dtype, device=offsets_um.device)
-        offsets = torch.where(pos_mask.unsqueeze(-1), offsets_um, zero)
-        attn = attention_mask(spatial_alibi_bias(offsets.float(), self.slopes, self.alibi_scale_um), pos_mask.bool())
+            return tokens
+        attn = attn_mask
+        if attn is None:
+            zero = torch.zeros((), dtype=offsets_um.dtype, device=offsets_um.device)
+            offsets = torch.where(pos_mask.unsqueeze(-1), offsets_um, zero)
+            bias = spatial_alibi_bias(offsets.float(), self.slopes, self.alibi_scale_um)
+            attn = attention_mask(bias, pos_mask.bool())
+        h = tokens
         for block in self.context:
             h = block(h, attn)
         return self.norm(h)
@@ -223,4 +259,20 @@ class RawExpressionEncoder(nn.Module):
         mask = broadcast_gene_mask(gene_mask, expr)
         if pos_mask is not None:
             mask = mask & pos_mask.bool().unsqueeze(-1)
+        return self.encode_spots(expr, mask)
+
+    def encode_spots(self, expr: torch.Tensor, gene_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Project ``(..., G)`` expression to ``(..., dim)``, genes outside ``gene_mask`` set to 0."""
+        mask = torch.ones_like(expr, dtype=torch.bool) if gene_mask is None else gene_mask.bool().expand_as(expr)
         return self.proj(torch.where(mask, expr, torch.zeros((), dtype=expr.dtype, device=expr.device)))
+
+    def contextualize(
+        self,
+        tokens: torch.Tensor,
+        offsets_um: torch.Tensor,
+        pos_mask: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """No spatial context in this ablation: return ``tokens`` (see :meth:`ExpressionEncoder.contextualize`)."""
+        return tokens

@@ -23,7 +23,7 @@ from ._attention import FeedForward, SelfAttention
 __all__ = ["MultiwayBlock", "apply_per_segment"]
 
 
-def apply_per_segment(modules: nn.ModuleList, x: torch.Tensor, segment_sizes: Sequence[int]) -> torch.Tensor:
+def apply_per_segment(modules: Sequence[nn.Module], x: torch.Tensor, segment_sizes: Sequence[int]) -> torch.Tensor:
     """Apply ``modules[m]`` to the ``m``-th contiguous token segment of ``x`` and concatenate the results.
 
     Parameters
@@ -44,6 +44,8 @@ def apply_per_segment(modules: nn.ModuleList, x: torch.Tensor, segment_sizes: Se
         raise ValueError(f"{len(modules)} modules for {len(segment_sizes)} segments.")
     if sum(segment_sizes) != x.shape[1]:
         raise ValueError(f"Segments of sizes {tuple(segment_sizes)} do not add up to {x.shape[1]} tokens.")
+    if len(modules) == 1:
+        return modules[0](x)
     parts = torch.split(x, list(segment_sizes), dim=1)
     return torch.cat([module(part) for module, part in zip(modules, parts, strict=True)], dim=1)
 
@@ -94,3 +96,52 @@ class MultiwayBlock(nn.Module):
         x = x + self.attn(apply_per_segment(self.norm1, x, segment_sizes), attn_mask)
         h = apply_per_segment(self.norm2, x, segment_sizes)
         return x + apply_per_segment(self.experts, h, segment_sizes)
+
+    def forward_experts(
+        self,
+        x: torch.Tensor,
+        segment_sizes: Sequence[int],
+        experts: Sequence[int],
+        attn_mask: torch.Tensor | None = None,
+        *,
+        first_only: bool = False,
+    ) -> torch.Tensor:
+        """Inference form of :meth:`forward` for a subset of the modalities, optionally at each segment's first token.
+
+        Parameters
+        ----------
+        x
+            Tokens ``(B, T, dim)`` of the segments present, in order.
+        segment_sizes
+            Tokens per segment present.
+        experts
+            Expert (modality) index of each segment present.
+        attn_mask
+            Additive float mask ``(B, heads, T, T)``.
+        first_only
+            Return only the first token of each segment (the centre spot's tokens): its attention query and
+            feed-forward are computed, the other tokens serve as keys and values only.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, T, dim)``, or ``(B, len(segment_sizes), dim)`` with ``first_only``; equal to the matching tokens of
+            :meth:`forward` on all modalities when the absent ones are masked out as keys.
+        """
+        if len(experts) != len(segment_sizes):
+            raise ValueError(f"{len(experts)} experts for {len(segment_sizes)} segments.")
+        norm1 = [self.norm1[i] for i in experts]
+        norm2 = [self.norm2[i] for i in experts]
+        ffn = [self.experts[i] for i in experts]
+        h = apply_per_segment(norm1, x, segment_sizes)
+        if first_only:
+            starts = [0]
+            for size in segment_sizes[:-1]:
+                starts.append(starts[-1] + size)
+            queries = torch.tensor(starts, dtype=torch.long, device=x.device)
+            x = x[:, queries] + self.attn.forward_queries(h, queries, attn_mask)
+            segment_sizes = [1] * len(starts)
+        else:
+            x = x + self.attn(h, attn_mask)
+        h = apply_per_segment(norm2, x, segment_sizes)
+        return x + apply_per_segment(ffn, h, segment_sizes)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._alibi import attention_mask, spatial_alibi_bias
 from ._batch import BatchKeys
 from ._config import StormNetConfig
 from ._decoders import TokenDecoder
@@ -380,6 +381,133 @@ class StormPretrainModel(nn.Module):
             return self.encode(batch, use_image=use_image, use_expression=use_expression).centre_embedding()
         finally:
             self.train(was_training)
+
+    def spot_features(
+        self,
+        *,
+        image: torch.Tensor | None = None,
+        expr: torch.Tensor | None = None,
+        gene_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Spot-level inputs of ``N`` spots, encoded once each, for :meth:`embed_windows` (inference).
+
+        A spot appears in up to ``W`` windows; its image features and its expression token before neighbourhood
+        attention (:meth:`ExpressionEncoder.encode_spots`) do not depend on the window, so they are computed here
+        once and gathered into windows by :meth:`embed_windows`.
+
+        Parameters
+        ----------
+        image
+            ``(N, 3, H, W)`` patches or ``(N, D)`` precomputed image features; ``None`` leaves the modality out.
+        expr
+            ``(N, G)`` normalised expression over the model's gene list; ``None`` leaves the modality out.
+        gene_mask
+            ``(G,)`` or ``(N, G)`` bool: genes measured (``None``: all).
+
+        Returns
+        -------
+        dict
+            ``"image"``: ``(N, D)`` features; ``"expression"``: ``(N, dim)`` spot tokens, or, for an expression
+            encoder without ``encode_spots``/``contextualize``, ``"expression_input"`` ``(N, G)`` and
+            ``"gene_mask"`` ``(N, G)``. Only the modalities given and present in the model.
+        """
+        out: dict[str, torch.Tensor] = {}
+        if image is not None and "image" in self.modalities:
+            if image.ndim == 4:
+                out["image"] = self.image_features(image).float()
+            elif image.ndim == 2 and image.shape[-1] == self.image_dim:
+                out["image"] = image
+            else:
+                raise ValueError(
+                    f"image must be (N, 3, H, W) patches or (N, {self.image_dim}) features, got {tuple(image.shape)}."
+                )
+        if expr is not None and "expression" in self.modalities:
+            if expr.ndim != 2 or expr.shape[-1] != self.config.n_genes:
+                raise ValueError(f"expr must be (N, {self.config.n_genes}), got {tuple(expr.shape)}.")
+            gm = torch.ones_like(expr, dtype=torch.bool) if gene_mask is None else gene_mask.bool().expand_as(expr)
+            enc = self.expression_encoder
+            if hasattr(enc, "encode_spots") and hasattr(enc, "contextualize"):
+                out["expression"] = enc.encode_spots(expr, gm)
+            else:
+                out["expression_input"], out["gene_mask"] = expr, gm
+        if not out:
+            raise ValueError(f"No input of the model's modalities {self.modalities} was given.")
+        return out
+
+    def embed_windows(
+        self,
+        spots: Mapping[str, torch.Tensor],
+        index: torch.Tensor,
+        offsets_um: torch.Tensor,
+        *,
+        niche: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Centre embeddings ``(B, dim)`` of windows over spots encoded by :meth:`spot_features` (eval mode).
+
+        Equal (up to floating-point rounding) to :meth:`embed` on the windows' raw inputs, at a fraction of the
+        cost: spot-level encoders run once per spot, absent modalities take no tokens, and the last transformer
+        block computes the centre tokens only. Wrap the call in ``torch.inference_mode()``.
+
+        Parameters
+        ----------
+        spots
+            Output of :meth:`spot_features` for ``N`` spots.
+        index
+            Long ``(B, W)``: row of ``spots`` at each window position, position 0 = centre, ``-1`` = padding.
+        offsets_um
+            ``(B, W, 2)`` µm offsets of each position from the centre.
+        niche
+            Also return the niche embeddings: the mean of the window's valid output tokens, over every position and
+            modality (see :meth:`SpatialEncoder.encode_centre`).
+
+        Returns
+        -------
+        torch.Tensor or tuple
+            ``(B, dim)``; with ``niche=True`` the pair ``(centre, niche)``.
+        """
+        if index.ndim != 2 or offsets_um.shape != (*index.shape, 2):
+            raise ValueError(
+                f"index must be (B, W) and offsets_um (B, W, 2), got {tuple(index.shape)} and "
+                f"{tuple(offsets_um.shape)}."
+            )
+        w = min(index.shape[1], self.config.window_size)
+        index, offsets_um = index[:, :w], offsets_um[:, :w]
+        valid = index >= 0
+        rows = index.clamp_min(0)
+        zero = torch.zeros((), dtype=offsets_um.dtype, device=offsets_um.device)
+        offsets = torch.where(valid.unsqueeze(-1), offsets_um, zero)
+        was_training = self.training
+        self.eval()
+        try:
+            feats: dict[str, torch.Tensor] = {}
+            shared = None  # expression only: the context attention and the spatial encoder share one ALiBi mask
+            enc = self.expression_encoder
+            if "image" not in spots and "expression" in spots and self._same_alibi(enc):
+                bias = spatial_alibi_bias(offsets.float(), self.encoder.slopes, self.encoder.alibi_scale_um)
+                shared = attention_mask(bias, valid)
+            if "image" in spots:
+                feats["image"] = spots["image"][rows]
+            if "expression" in spots:
+                feats["expression"] = enc.contextualize(spots["expression"][rows], offsets, valid, attn_mask=shared)
+            elif "expression_input" in spots:
+                feats["expression"] = self.expression_encoder(
+                    spots["expression_input"][rows], spots["gene_mask"][rows], offsets, valid
+                )
+            if not feats:
+                raise ValueError("`spots` holds no modality; build it with spot_features().")
+            return self.encoder.encode_centre(feats, offsets, {m: valid for m in feats}, attn_mask=shared, niche=niche)
+        finally:
+            self.train(was_training)
+
+    def _same_alibi(self, enc: nn.Module | None) -> bool:
+        """Whether ``enc``'s context attention builds the spatial encoder's ALiBi mask (same slopes and scale)."""
+        slopes = getattr(enc, "slopes", None)
+        return (
+            isinstance(slopes, torch.Tensor)
+            and getattr(enc, "alibi_scale_um", None) == self.encoder.alibi_scale_um
+            and slopes.shape == self.encoder.slopes.shape
+            and bool(torch.equal(slopes, self.encoder.slopes))
+        )
 
     def image_features(self, patches: torch.Tensor) -> torch.Tensor:
         """Spot-level features ``(N, D)`` of ``(N, 3, H, W)`` patches, to cache and feed back as ``(B, W, D)``."""

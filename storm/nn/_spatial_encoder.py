@@ -192,3 +192,83 @@ class SpatialEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, sizes, mask)
         return SpatialEncoderOutput(self.norm(x), token_valid_all, positions, self.modalities, w)
+
+    def encode_centre(
+        self,
+        features: Mapping[str, torch.Tensor | None],
+        offsets_um: torch.Tensor,
+        token_valid: Mapping[str, torch.Tensor | None],
+        *,
+        attn_mask: torch.Tensor | None = None,
+        niche: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Inference shortcut: the centre embedding ``forward(...).centre_embedding()`` at a fraction of the cost.
+
+        Modalities without features or valid flags are left out of the token sequence (in :meth:`forward` they are
+        masked keys that no valid token sees), and the last block computes the centre tokens only (the other tokens
+        are its keys and values). Same arguments as :meth:`forward`.
+
+        Parameters
+        ----------
+        features
+            Per modality ``(B, W, input_dims[m])`` features, or ``None`` / missing when absent.
+        offsets_um
+            ``(B, W, 2)`` positions relative to the centre in µm.
+        token_valid
+            Per modality ``(B, W)`` bool.
+        attn_mask
+            The ``(B, heads, T, T)`` mask this method would build (ALiBi on the positions of the tokens of the
+            modalities present, padding), when the caller has it already.
+        niche
+            Also return the niche embedding: the mean of all valid output tokens of the window (the last block then
+            computes every token).
+
+        Returns
+        -------
+        torch.Tensor or tuple
+            ``(B, dim)``, equal (up to floating-point rounding) to ``forward(...).centre_embedding()``; with
+            ``niche=True`` the pair ``(centre, niche)``.
+        """
+        b, w, _ = offsets_um.shape
+        device = offsets_um.device
+        tokens, valid, experts = [], [], []
+        for i, m in enumerate(self.modalities):
+            f, v = features.get(m), token_valid.get(m)
+            if f is None or v is None:
+                continue
+            if f.shape[:2] != (b, w):
+                raise ValueError(f"{m} features have shape {tuple(f.shape)}, expected ({b}, {w}, …).")
+            v = v.bool()
+            f = torch.where(v.unsqueeze(-1), f, torch.zeros((), dtype=f.dtype, device=device))
+            x = self.input_proj[m](f) + self.modality_embedding[i]
+            if self.centre_embedding is not None:
+                x = torch.cat([x[:, :1] + self.centre_embedding, x[:, 1:]], dim=1)
+            tokens.append(x)
+            valid.append(v)
+            experts.append(i)
+        if not tokens:
+            empty = torch.zeros(b, self.dim, device=device)
+            return (empty, empty.clone()) if niche else empty
+        x = torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
+        token_valid_all = torch.cat(valid, dim=1) if len(valid) > 1 else valid[0]
+        mask = attn_mask
+        if mask is None:
+            used = torch.stack(valid, 0).any(0)
+            zero = torch.zeros((), dtype=offsets_um.dtype, device=device)
+            offsets = torch.where(used.unsqueeze(-1), offsets_um, zero)
+            positions = offsets.repeat(1, len(tokens), 1) if len(tokens) > 1 else offsets
+            bias = spatial_alibi_bias(positions.float(), self.slopes, self.alibi_scale_um)
+            mask = attention_mask(bias, token_valid_all)
+        sizes = [w] * len(tokens)
+        if not self.blocks and not niche:
+            x = x[:, ::w]
+        for j, block in enumerate(self.blocks):
+            x = block.forward_experts(x, sizes, experts, mask, first_only=not niche and j == len(self.blocks) - 1)
+        x = self.norm(x)
+        centre = x[:, ::w] if niche else x  # (B, M, dim): the centre token of each modality present
+        weights = token_valid_all[:, ::w].to(centre.dtype).unsqueeze(-1)
+        centre = (centre * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        if not niche:
+            return centre
+        weights = token_valid_all.to(x.dtype).unsqueeze(-1)
+        return centre, (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -263,3 +263,13 @@ def patch_scale(
             }
         )
     return pd.DataFrame.from_records(records).set_index("library_id")
+
+
+def is_he_image(metadata: dict | None) -> bool:
+    """Whether a slide's image is H&E: yes unless ``metadata['image_type']`` names another stain (e.g. DAPI).
+
+    Single-cell platforms record fluorescence images (Xenium's DAPI morphology image); the model's image encoder was
+    pretrained on H&E and must not read them as such.
+    """
+    kind = str((metadata or {}).get("image_type") or "H&E").strip().lower()
+    return kind.startswith(("h&e", "he ", "hematoxylin", "haematoxylin"))

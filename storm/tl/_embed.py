@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
@@ -9,6 +10,7 @@ import numpy as np
 from anndata import AnnData
 
 from storm._logging import logger
+from storm.pp._scale import is_he_image
 from storm.tl._utils import as_adata_list, clean_params, elapsed, save_data, start_timer
 
 _Mode = Literal["auto", "joint", "image", "expression"]
@@ -30,6 +32,8 @@ def _libraries(adata: AnnData, library_key: str) -> list[str]:
 
 def _has_image(adata: AnnData, library_id: str) -> bool:
     entry = adata.uns.get("spatial", {}).get(library_id, {})
+    if not is_he_image(entry.get("metadata")):
+        return False  # e.g. Xenium's DAPI image: not an H&E for the model's image encoder
     images = entry.get("images", {}) or {}
     # a full-resolution file opened lazily (storm.io.LazyImage) counts as much as an in-memory image
     in_memory = any(np.asarray(img).size > 0 for img in images.values())
@@ -82,6 +86,27 @@ def resolve_mode(adata: AnnData, mode: str, *, library_key: str = "library_id") 
     return mode
 
 
+def _too_coarse(adata: AnnData, model: Any, library_key: str) -> list[str]:
+    """Slides whose best image gives the model's patches at under half their pixel size (upsampled over 2×).
+
+    Such a patch is a few blurred pixels (e.g. DLPFC here: only a 600-px low-resolution image, so 55 µm are 3.4 px
+    zoomed 19×): colour, not morphology. ``mode="auto"`` then embeds from expression alone.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "size_um") or not hasattr(config, "patch_px"):
+        return []  # a duck-typed model: nothing to judge the scale by
+    from storm.pp import patch_scale
+
+    scale = patch_scale(
+        adata,
+        size_um=float(config.size_um),
+        out_px=int(config.patch_px),
+        image=str(getattr(config, "image", "auto")),
+        library_key=library_key,
+    )
+    return [str(lib) for lib, zoom in scale["zoom"].items() if zoom > 2.0]
+
+
 def _check_embedding(emb: Any, adata: AnnData, model_name: str) -> np.ndarray:
     emb = np.asarray(emb)
     if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
@@ -106,6 +131,7 @@ def embed(
     batch_size: int = 256,
     accelerator: str = "auto",
     library_key: str = "library_id",
+    context: bool = True,
     copy: bool = False,
 ) -> AnnData | list[AnnData] | None:
     """Embed every spot with the frozen STORM model: the centre token of its spatial window (paper, §Embeddings).
@@ -126,7 +152,8 @@ def embed(
         storm (:meth:`storm.models.StormModel.from_pretrained`).
     mode
         ``"joint"`` (H&E + expression), ``"image"`` (H&E only), ``"expression"`` (expression only), or ``"auto"``:
-        joint when there are counts and every slide has an image, image with images only, expression otherwise.
+        joint when there are counts and every slide has an image fine enough for the model's patches (not upsampled
+        over 2×; a low-resolution Visium image alone is not), image with images only, expression otherwise.
     key_added
         Key of ``obsm`` (and ``uns``) written.
     batch_size
@@ -135,6 +162,9 @@ def embed(
         ``"auto"``, ``"cpu"``, ``"cuda"``, … (as in Lightning); ``"auto"`` picks a GPU when one is present.
     library_key
         Column of ``obs`` with the slide id.
+    context
+        ``False``: each spot's window holds only the spot itself (the paper's "no spatial context" ablation, same
+        weights); passed to ``model.embed`` only then.
     copy
         Return a copy (or a list of copies) instead of writing into ``adata``.
 
@@ -142,8 +172,14 @@ def embed(
     -------
     ``None``, or the new AnnData (list of AnnData for a list) if ``copy=True``. Written:
 
-    - ``obsm[key_added]``: float32 (n_obs, n_dims) embedding;
-    - ``uns[key_added]['params']``: ``mode`` (resolved), ``model``, ``version``, ``batch_size``, ``library_key``.
+    - ``obsm[key_added]``: float32 (n_obs, n_dims) embedding of each spot (its window's centre token: the paper's);
+    - ``obsm[f"{key_added}_niche"]``: float32 (n_obs, n_dims) niche embedding, the mean of all output tokens of
+      the spot's window: its neighbourhood, which :func:`storm.tl.domains` clusters (models whose ``embed`` has
+      no ``niche`` option write none);
+    - ``uns[key_added]['params']``: ``mode`` (resolved), ``model``, ``version``, ``batch_size``, ``library_key``,
+      ``context``, and, where expression is read by a model that reports it, ``gene_coverage``: a dict of
+      ``n_genes`` (the data's), ``n_model_genes``, ``n_used`` (genes the model reads; the others are ignored),
+      ``n_matched_ignoring_case``, ``fraction_used`` and ``fraction_of_model``.
 
     Raises
     ------
@@ -178,23 +214,45 @@ def embed(
     # StormModel keeps the storm version that wrote its checkpoint in its config
     version = getattr(model, "version", None) or getattr(getattr(model, "config", None), "version", None)
 
-    embeddings = []
+    if mode == "auto":
+        for i, (a, resolved) in enumerate(zip(adatas, modes, strict=True)):
+            coarse = _too_coarse(a, model, library_key) if resolved == "joint" else []
+            if coarse:
+                logger.info(
+                    f"embed: the image of slide(s) {coarse} is too coarse for {model.config.size_um:g}-µm patches "
+                    f"(upsampled over 2×); embedding from expression only. Pass mode='joint' to use it anyway."
+                )
+                modes[i] = "expression"
+
+    extra: dict[str, Any] = {} if context else {"context": False}  # duck-typed models without it keep working
+    with_niche = "niche" in inspect.signature(model.embed).parameters
+    if with_niche:
+        extra["niche"] = True
+    embeddings, niches, coverages = [], [], []
     for a, resolved in zip(adatas, modes, strict=True):
         emb = model.embed(
-            a, mode=resolved, batch_size=int(batch_size), accelerator=accelerator, library_key=library_key
+            a, mode=resolved, batch_size=int(batch_size), accelerator=accelerator, library_key=library_key, **extra
         )
+        emb, niche = emb if with_niche else (emb, None)
         embeddings.append(_check_embedding(emb, a, name))
+        niches.append(None if niche is None else _check_embedding(niche, a, name))
+        coverage = getattr(model, "gene_coverage", None)
+        coverages.append(coverage(a) if callable(coverage) and resolved != "image" else None)
 
     # all embeddings computed and checked: only now write, so a failure leaves every input untouched
     outputs = [a.copy() for a in adatas] if copy else adatas
-    for a, emb, resolved in zip(outputs, embeddings, modes, strict=True):
+    for a, emb, niche, resolved, coverage in zip(outputs, embeddings, niches, modes, coverages, strict=True):
         save_data(a, attr="obsm", key=key_added, data=emb)
+        if niche is not None:
+            save_data(a, attr="obsm", key=f"{key_added}_niche", data=niche)
         params = {
             "mode": resolved,
             "model": name,
             "version": None if version is None else str(version),
             "batch_size": int(batch_size),
             "library_key": library_key if library_key in a.obs else None,
+            "context": bool(context),
+            "gene_coverage": coverage,
         }
         save_data(a, attr="uns", key=key_added, data={"params": clean_params(params)})
     dims = embeddings[0].shape[1]
