@@ -33,7 +33,7 @@ def slide(lib, seed, n_side=8, n_genes=12):
         X=counts,
         obs=obs,
         var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]),
-        obsm={"spatial": xy, "X_storm": emb},
+        obsm={"spatial": xy, "X_storm": emb, "X_storm_niche": emb},
     )
     adata.uns["spatial"] = {
         lib: {

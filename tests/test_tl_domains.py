@@ -16,7 +16,7 @@ SIZES = (60, 45, 30, 20, 10)
 
 
 def blobs(sizes=SIZES, dims=8, seed=0, spread=8.0, libraries=("A",)):
-    """Well-separated Gaussian blobs in ``obsm['X_storm']``, rows shuffled, split over ``libraries``."""
+    """Separated Gaussian blobs in ``obsm["X_storm_niche"]`` (the default ``use_rep``), split by ``libraries``."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(len(sizes), dims)) * spread
     truth = np.repeat(np.arange(len(sizes)), sizes)
@@ -24,7 +24,7 @@ def blobs(sizes=SIZES, dims=8, seed=0, spread=8.0, libraries=("A",)):
     emb = centres[truth] + rng.normal(size=(len(truth), dims))
     lib = pd.Categorical(np.resize(np.asarray(libraries), len(truth)), categories=list(libraries))
     obs = pd.DataFrame({"truth": truth, "library_id": lib}, index=[f"s{i}" for i in range(len(truth))])
-    return ad.AnnData(obs=obs, obsm={"X_storm": emb})
+    return ad.AnnData(obs=obs, obsm={"X_storm_niche": emb})
 
 
 def snapshot(adata):
@@ -46,7 +46,7 @@ def assert_unchanged(adata, before):
     assert sorted(adata.obsp) == obsp
 
 
-def test_kmeans_finds_the_blobs_and_writes_the_documented_keys():
+def test_the_default_finds_the_blobs_and_writes_the_documented_keys():
     adata = blobs()
     assert storm.tl.domains(adata, 5) is None
     labels = adata.obs["storm_domains"]
@@ -59,10 +59,11 @@ def test_kmeans_finds_the_blobs_and_writes_the_documented_keys():
     assert len(colors) == 5
     assert all(re.fullmatch(r"#[0-9a-fA-F]{6}", c) for c in colors)
     params = adata.uns["storm_domains"]["params"]
-    assert params["method"] == "kmeans"
+    assert params["method"] == "gmm"
+    assert params["covariance_type"] == "tied"
     assert params["n_domains"] == 5
-    assert params["use_rep"] == "X_storm"
-    assert params["n_init"] >= 10
+    assert params["use_rep"] == "X_storm_niche"
+    assert params["n_pcs"] == 20
     assert params["random_state"] == 0
     assert params["library_key"] == "library_id"
     assert sorted(adata.obsp) == []  # no neighbors graph left behind
@@ -90,8 +91,8 @@ def test_two_slides_in_one_anndata_share_one_labelling():
     # the same tissue twice (a copy with small noise), as two slides of one AnnData: one clustering over all rows
     one = blobs()
     two = one.copy()
-    noise = np.random.default_rng(1).normal(scale=0.05, size=two.obsm["X_storm"].shape)
-    two.obsm["X_storm"] = two.obsm["X_storm"] + noise
+    noise = np.random.default_rng(1).normal(scale=0.05, size=two.obsm["X_storm_niche"].shape)
+    two.obsm["X_storm_niche"] = two.obsm["X_storm_niche"] + noise
     one.obs["library_id"] = pd.Categorical(["A"] * one.n_obs, categories=["A", "B"])
     two.obs["library_id"] = pd.Categorical(["B"] * two.n_obs, categories=["A", "B"])
     both = ad.concat([one, two], index_unique="-")
@@ -103,7 +104,7 @@ def test_two_slides_in_one_anndata_share_one_labelling():
 
 def test_a_list_is_clustered_together_like_its_concatenation():
     one, two = blobs(seed=0), blobs(seed=0)
-    two.obsm["X_storm"] = two.obsm["X_storm"][::-1].copy()  # other row order, same points
+    two.obsm["X_storm_niche"] = two.obsm["X_storm_niche"][::-1].copy()  # other row order, same points
     storm.tl.domains([one, two], 5)
     assert list(one.obs["storm_domains"].cat.categories) == list(two.obs["storm_domains"].cat.categories)
     assert one.uns["storm_domains_colors"] == two.uns["storm_domains_colors"]
@@ -128,25 +129,30 @@ def test_copy_of_a_list_returns_copies():
 
 
 def _with_nan(adata):
-    adata.obsm["X_storm"][3, 1] = np.nan
+    adata.obsm["X_storm_niche"][3, 1] = np.nan
     return adata
 
 
 def _with_inf(adata):
-    adata.obsm["X_storm"][0, 0] = np.inf
+    adata.obsm["X_storm_niche"][0, 0] = np.inf
     return adata
 
 
 @pytest.mark.parametrize(
     ("prepare", "kwargs", "match"),
     [
-        (lambda a: a, {"use_rep": "X_missing", "n_domains": 3}, r"obsm\['X_missing'\].*'X_storm'.*storm.tl.embed"),
+        (
+            lambda a: a,
+            {"use_rep": "X_missing", "n_domains": 3},
+            r"obsm\['X_missing'\].*'X_storm_niche'.*storm.tl.embed",
+        ),
         (lambda a: a, {"n_domains": 10_000}, "larger than the number of spots"),
         (lambda a: a, {"n_domains": 1}, "at least 2"),
         (lambda a: a, {"n_domains": 2.5}, "must be an integer"),
         (lambda a: a, {}, "needs `n_domains`"),
         (lambda a: a, {"n_domains": 3, "method": "gmm", "resolution": 1.0}, "Leiden parameter"),
         (lambda a: a, {"n_domains": 3, "method": "louvain"}, "`method` must be one of"),
+        (lambda a: a, {"n_domains": 3, "n_pcs": 0}, "`n_pcs` must be a positive integer"),
         (lambda a: a, {"n_domains": 3, "key_added": ""}, "key_added"),
         (_with_nan, {"n_domains": 3}, "NaN or infinite.*'s3'"),
         (_with_inf, {"n_domains": 3}, "NaN or infinite"),
@@ -177,6 +183,28 @@ def test_embeddings_of_different_widths_cannot_be_clustered_together():
 
 
 @pytest.mark.slow  # the first kNN graph of a process compiles numba code (~10 s)
+def test_kmeans_on_the_centre_embedding_is_the_papers_protocol():
+    adata = blobs()
+    adata.obsm["X_storm"] = adata.obsm.pop("X_storm_niche")
+    storm.tl.domains(adata, 5, use_rep="X_storm", method="kmeans", n_pcs=None)
+    assert ari(adata.obs["truth"], adata.obs["storm_domains"]) == pytest.approx(1.0)
+    params = adata.uns["storm_domains"]["params"]
+    assert (params["method"], params["use_rep"], params["n_init"]) == ("kmeans", "X_storm", 10)
+    assert "n_pcs" not in params  # None is not stored
+
+
+def test_reduce_rep_standardises_then_keeps_the_leading_components():
+    from storm.tl._domains import reduce_rep
+
+    rng = np.random.default_rng(0)
+    rep = rng.normal(size=(200, 6)) * np.array([100.0, 1, 1, 1, 1, 0.01])
+    full = reduce_rep(rep, None, 0)
+    np.testing.assert_allclose(full.std(axis=0), 1.0)  # one huge dimension no longer dominates
+    np.testing.assert_allclose(full.mean(axis=0), 0.0, atol=1e-12)
+    assert reduce_rep(rep, 3, 0).shape == (200, 3)
+    assert reduce_rep(rep, 50, 0).shape == (200, 6)  # more components than dimensions: all kept
+
+
 def test_leiden_resolution_search_hits_the_asked_number():
     pytest.importorskip("igraph")
     adata = blobs(sizes=(80, 70, 60, 50, 40, 30), spread=6.0)

@@ -1,4 +1,4 @@
-"""``storm.tl.domains``: spatial domains by clustering the embedding (K-means, as in the paper; GMM; Leiden)."""
+"""``storm.tl.domains``: spatial domains by clustering the niche embedding (tied-covariance GMM, K-means, Leiden)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ def _kmeans(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs:
 def _gmm(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs: Any) -> np.ndarray:
     from sklearn.mixture import GaussianMixture
 
-    # diagonal covariances: a full one has d² parameters per component, ill-conditioned for 100+-dimensional embeddings
-    kwargs.setdefault("covariance_type", "diag")
+    # one covariance shared by all domains (mclust's "EEE", the usual choice for tissue domains): robust on a few
+    # hundred spots, where per-domain full covariances collapse, and it lets domains be elongated, unlike K-means
+    kwargs.setdefault("covariance_type", "tied")
     kwargs.setdefault("n_init", 3)
     reg_covar = kwargs.pop("reg_covar", 1e-6)
     for attempt in range(4):
@@ -68,6 +69,21 @@ def _gmm(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs: An
             reg_covar *= 100
             logger.warning(f"domains: GMM fit failed numerically; retrying with reg_covar={reg_covar:g}.")
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def reduce_rep(rep: np.ndarray, n_pcs: int | None, random_state: int | None) -> np.ndarray:
+    """Standardise each dimension, then keep the first ``n_pcs`` principal components (all dims if ``None``).
+
+    The standardisation stops one high-variance dimension from dominating the distances; the PCA drops the
+    low-variance dimensions whose noise blurs the domains and keeps the covariance of a GMM well conditioned.
+    """
+    std = rep.std(axis=0)
+    rep = (rep - rep.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    if n_pcs is None or n_pcs >= min(rep.shape):
+        return rep
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=n_pcs, random_state=random_state).fit_transform(rep)
 
 
 def _leiden_graph(rep: np.ndarray, n_neighbors: int, random_state: int | None) -> AnnData:
@@ -150,9 +166,11 @@ def _leiden(
     return labels, best
 
 
-def _check_args(method: str, n_domains: Any, resolution: Any, n_neighbors: Any, n_obs: int) -> None:
+def _check_args(method: str, n_domains: Any, resolution: Any, n_neighbors: Any, n_pcs: Any, n_obs: int) -> None:
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
+    if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, int | np.integer) or n_pcs < 1):
+        raise ValueError(f"`n_pcs` must be a positive integer or None, got {n_pcs!r}.")
     if resolution is not None and method != "leiden":
         raise ValueError(f"`resolution` is a Leiden parameter; it has no meaning for method={method!r}.")
     if n_domains is None:
@@ -179,19 +197,24 @@ def domains(
     adata: AnnData | Sequence[AnnData],
     n_domains: int | None = None,
     *,
-    use_rep: str = "X_storm",
-    method: _Method = "kmeans",
+    use_rep: str = "X_storm_niche",
+    method: _Method = "gmm",
     key_added: str = "storm_domains",
     random_state: int | None = 0,
+    n_pcs: int | None = 20,
     n_neighbors: int = 15,
     resolution: float | None = None,
     library_key: str = "library_id",
     copy: bool = False,
     **kwargs: Any,
 ) -> AnnData | list[AnnData] | None:
-    """Assign spatial domains by clustering the embedding of every spot.
+    """Assign spatial domains by clustering the niche embedding of every spot.
 
-    The paper clusters the frozen STORM embeddings with K-means, K = the number of domains (the default here).
+    By default the niche embedding written by :func:`storm.tl.embed` (``obsm['X_storm_niche']``: the mean of the
+    model's output tokens over the spot's window) is standardised, reduced to its first ``n_pcs`` principal
+    components and clustered by a Gaussian mixture with one covariance shared by the K domains. The paper clusters
+    the centre-spot embedding with K-means (``use_rep="X_storm", method="kmeans", n_pcs=None``); on the labelled
+    DLPFC and HER2ST sections here the default is more accurate (``benchmarks/domains.py`` measures both).
     All rows are clustered at once: slides in one AnnData (told apart by ``library_key``) or in a list of AnnData
     embedded by the same model share one labelling, so domain ``"2"`` means the same thing on every slide.
 
@@ -208,15 +231,19 @@ def domains(
         bisection until K domains are found (the resolution reached is logged and stored), and without it Leiden
         runs at ``resolution`` (default 1.0).
     use_rep
-        Key of ``obsm`` to cluster.
+        Key of ``obsm`` to cluster: ``"X_storm_niche"`` (domains), ``"X_storm"`` (the centre spot: cell types) or any
+        other representation.
     method
-        ``"kmeans"`` (scikit-learn, ``n_init=10``), ``"gmm"`` (scikit-learn Gaussian mixture, diagonal covariances,
-        retried with more regularisation if a fit fails numerically) or ``"leiden"`` (scanpy, igraph flavour, on a
-        ``n_neighbors`` kNN graph of the embedding; needs ``igraph``).
+        ``"gmm"`` (scikit-learn Gaussian mixture with one shared, "tied" covariance, like mclust's EEE; ``n_init=3``;
+        retried with more regularisation if a fit fails numerically), ``"kmeans"`` (scikit-learn, ``n_init=10``) or
+        ``"leiden"`` (scanpy, igraph flavour, on a ``n_neighbors`` kNN graph; needs ``igraph``).
     key_added
         Key of ``obs`` written (and prefix of the ``uns`` keys).
     random_state
         Seed of the clustering (and of the kNN graph for Leiden).
+    n_pcs
+        Principal components of the standardised representation that are clustered; ``None`` clusters the
+        representation as it is.
     n_neighbors
         Neighbours of the kNN graph (Leiden only).
     resolution
@@ -236,7 +263,8 @@ def domains(
     - ``obs[key_added]``: categorical domain, categories ``"0"`` … ``"K-1"`` (the same on every AnnData of a list);
     - ``uns[f"{key_added}_colors"]``: one hex colour per domain (scanpy's default palettes), used by
       :func:`storm.pl.domains`, scanpy and squidpy plots;
-    - ``uns[key_added]['params']``: ``method``, ``n_domains`` (found), ``use_rep``, ``random_state``, and
+    - ``uns[key_added]['params']``: ``method``, ``n_domains`` (found), ``use_rep``, ``random_state``, ``n_pcs``
+      (``None`` not stored), ``covariance_type`` (GMM), ``n_init`` (K-means), and
       ``n_neighbors`` / ``resolution`` (Leiden: the one used), ``library_key`` when that column exists.
 
     Raises
@@ -265,9 +293,10 @@ def domains(
         )
     rep = np.concatenate(reps, axis=0) if len(reps) > 1 else reps[0]
     n_obs = rep.shape[0]
-    _check_args(method, n_domains, resolution, n_neighbors, n_obs)
+    _check_args(method, n_domains, resolution, n_neighbors, n_pcs, n_obs)
+    rep = reduce_rep(rep, None if n_pcs is None else int(n_pcs), random_state)
 
-    params: dict[str, Any] = {"method": method, "use_rep": use_rep, "random_state": random_state}
+    params: dict[str, Any] = {"method": method, "use_rep": use_rep, "random_state": random_state, "n_pcs": n_pcs}
     with warnings.catch_warnings():
         # identical embedding rows make sklearn warn that fewer distinct clusters exist; the count found is logged
         warnings.filterwarnings("ignore", message="Number of distinct clusters", category=UserWarning)
@@ -276,7 +305,7 @@ def domains(
             params["n_init"] = int(kwargs.get("n_init", 10))
         elif method == "gmm":
             labels = _gmm(rep, int(n_domains), random_state, **kwargs)
-            params["covariance_type"] = str(kwargs.get("covariance_type", "diag"))
+            params["covariance_type"] = str(kwargs.get("covariance_type", "tied"))
         else:
             labels, used = _leiden(rep, n_domains, resolution, n_neighbors, random_state, **kwargs)
             params.update(n_neighbors=n_neighbors, resolution=float(used))
