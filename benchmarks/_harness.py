@@ -14,12 +14,29 @@ from collections.abc import Callable
 from typing import Any
 
 
+def _own_peak_kb() -> float:
+    """Peak resident memory (kB) of this process's own address space.
+
+    ``/proc/self/status`` VmHWM where it exists (Linux): ``getrusage``'s ``ru_maxrss`` keeps the high-water mark of
+    the address space replaced at ``exec``, which for a spawned child is the forked copy of its parent, so it reports
+    the parent's memory whenever the parent is larger than the step being measured.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # kB on Linux
+
+
 def _child(fn: Callable[..., Any], args: tuple, queue: mp.Queue) -> None:
     try:
         start = time.perf_counter()
         extra = fn(*args)
         seconds = time.perf_counter() - start
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+        peak_kb = _own_peak_kb()
         queue.put({"seconds": seconds, "peak_mb": peak_kb / 1024, **(extra or {})})
     except BaseException as err:  # report, do not hang the parent
         queue.put({"error": f"{type(err).__name__}: {err}"})

@@ -11,7 +11,7 @@ from ._config import StormNetConfig
 from ._decoders import TokenDecoder
 from ._ema import EMATeacher
 from ._expression_encoder import ExpressionEncoder, RawExpressionEncoder, broadcast_gene_mask
-from ._heads import ExpressionHead, l1_l2_loss
+from ._heads import ExpressionHead, fit_expression_head, l1_l2_loss, predict_with_head
 from ._image_encoders import HE_MEAN, HE_STD, ConvImageEncoder, ImageEncoder, to_unit_float
 from ._llrd import layerwise_lr_groups, parameter_layer_ids
 from ._losses import masked_expression_loss, token_regression_loss
@@ -78,11 +78,13 @@ __all__ = [
     "broadcast_gene_mask",
     "centre_embedding",
     "cox_partial_likelihood_loss",
+    "fit_expression_head",
     "integrated_gradients",
     "l1_l2_loss",
     "layerwise_lr_groups",
     "masked_expression_loss",
     "parameter_layer_ids",
+    "predict_with_head",
     "rgb_to_hed",
     "sample_modality_drop",
     "sample_position_mask",

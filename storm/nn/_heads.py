@@ -2,14 +2,60 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["ExpressionHead", "l1_l2_loss"]
+__all__ = ["ExpressionHead", "fit_expression_head", "l1_l2_loss", "predict_with_head"]
+
+HEAD_WEIGHTS_FILE = "head.safetensors"
+HEAD_CONFIG_FILE = "head.json"
+HEAD_FORMAT = "storm-expression-head"
+HEAD_FORMAT_VERSION = 1
+_HEAD_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "storm_version",
+        "arch",
+        "genes",
+        "encoder",
+        "features",
+        "setup",
+        "val_pearson",
+        "training",
+        "weights",
+    }
+)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ExpressionHead(nn.Module):
     """MLP from frozen embeddings to gene expression (the paper's virtual-ST head).
+
+    Inputs are standardised with the buffers ``feature_mean`` and ``feature_scale`` (set them from the training
+    features; identity by default), so the head can take features of very different ranges side by side (e.g. a
+    STORM embedding next to stain statistics).
+
+    A head that :func:`storm.tl.train_expression_head` returns also carries what it needs to be used safely later,
+    saved by :meth:`save` and checked by :meth:`load`: ``genes`` (its outputs, in order), ``encoder`` (the identity of
+    the model whose features it reads: name and fingerprint), ``features`` (which feature blocks, in order),
+    ``setup`` (patch size, context pitch, …), ``val_pearson`` (each gene's Pearson r on the validation slides) and
+    ``training`` (provenance).
 
     Parameters
     ----------
@@ -37,10 +83,194 @@ class ExpressionHead(nn.Module):
         layers.append(nn.Linear(width, n_genes))
         self.net = nn.Sequential(*layers)
         self.n_genes = n_genes
+        self.arch = {
+            "in_dim": int(in_dim),
+            "n_genes": int(n_genes),
+            "hidden_dim": int(hidden_dim),
+            "n_layers": int(n_layers),
+            "dropout": float(dropout),
+        }
+        self.register_buffer("feature_mean", torch.zeros(in_dim))
+        self.register_buffer("feature_scale", torch.ones(in_dim))
+        self.genes: list[str] | None = None
+        self.encoder: dict[str, Any] = {}
+        self.features: list[dict[str, Any]] = []
+        self.setup: dict[str, Any] = {}
+        self.val_pearson: list[float] | None = None
+        self.training_info: dict[str, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(..., in_dim)`` embeddings to ``(..., n_genes)`` predicted normalised expression."""
-        return self.net(x)
+        return self.net((x - self.feature_mean) / self.feature_scale)
+
+    def set_standardization(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Standardise inputs as ``(x - mean) / scale`` (``scale`` is floored at 1e-6 of its largest entry)."""
+        scale = torch.as_tensor(scale, dtype=torch.float32).clone()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).clamp_min(1e-6 * float(scale.max()))
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feature_scale.copy_(scale)
+
+    def __repr__(self) -> str:
+        a = self.arch
+        genes = "?" if self.genes is None else f"{len(self.genes):,}"
+        name = self.encoder.get("name", "?")
+        return (
+            f"ExpressionHead(in_dim={a['in_dim']}, genes={genes}, hidden={a['hidden_dim']}×{a['n_layers']}, "
+            f"encoder={name!r}, features={[f.get('name') for f in self.features]})"
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save the weights (``head.safetensors``) and ``head.json`` into folder ``path``.
+
+        ``head.json`` holds the architecture, the gene list, the encoder identity, the feature blocks, the setup,
+        each gene's validation Pearson r, the provenance and the sha256 of the weights (checked by :meth:`load`).
+
+        Parameters
+        ----------
+        path
+            Output folder (created).
+        overwrite
+            Replace a head saved there before.
+
+        Returns
+        -------
+        Path
+            The folder.
+        """
+        from safetensors.torch import save_file
+
+        from storm._version import __version__
+
+        if self.genes is None or len(self.genes) != self.n_genes:
+            raise ValueError("Only a head with its gene list (`head.genes`, one per output) can be saved.")
+        folder = Path(path)
+        if (folder / HEAD_CONFIG_FILE).exists() and not overwrite:
+            raise FileExistsError(f"{folder} already holds a saved head; pass overwrite=True to replace it.")
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
+        weights = folder / HEAD_WEIGHTS_FILE
+        save_file(tensors, str(weights), metadata={"format": "pt", "storm_version": __version__})
+        val = None if self.val_pearson is None else [None if not math.isfinite(v) else v for v in self.val_pearson]
+        body = {
+            "format": HEAD_FORMAT,
+            "format_version": HEAD_FORMAT_VERSION,
+            "storm_version": __version__,
+            "arch": self.arch,
+            "genes": list(self.genes),
+            "encoder": self.encoder,
+            "features": self.features,
+            "setup": self.setup,
+            "val_pearson": val,
+            "training": self.training_info,
+            "weights": {"file": HEAD_WEIGHTS_FILE, "sha256": _sha256(weights)},
+        }
+        (folder / HEAD_CONFIG_FILE).write_text(json.dumps(body, indent=1) + "\n")
+        return folder
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        encoder: Mapping[str, Any] | str | None = None,
+        genes: Sequence[str] | None = None,
+    ) -> ExpressionHead:
+        """Load a head saved by :meth:`save`, after validating it.
+
+        Parameters
+        ----------
+        path
+            Folder holding ``head.json`` and ``head.safetensors``.
+        encoder
+            The identity of the model whose features the head will read: a fingerprint string or a dict with
+            ``"fingerprint"`` (see :func:`storm.tl.encoder_identity`). A head trained on another encoder is refused.
+        genes
+            The gene list the caller expects, in order; a head of another gene list is refused.
+
+        Returns
+        -------
+        ExpressionHead
+
+        Raises
+        ------
+        FileNotFoundError
+            Missing files.
+        ValueError
+            Not a head file, unknown keys, tampered weights (sha256), or a head of another encoder or gene list.
+        """
+        from safetensors.torch import load_file
+
+        folder = Path(path)
+        if folder.is_file():
+            folder = folder.parent
+        cfg_path, w_path = folder / HEAD_CONFIG_FILE, folder / HEAD_WEIGHTS_FILE
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise FileNotFoundError(
+                    f"No {p.name} in {folder}: a saved expression head is a folder with {HEAD_CONFIG_FILE} and "
+                    f"{HEAD_WEIGHTS_FILE} (written by ExpressionHead.save)."
+                )
+        try:
+            body = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cfg_path} is not valid JSON ({err}).") from err
+        if not isinstance(body, dict) or body.get("format") != HEAD_FORMAT:
+            raise ValueError(f'{cfg_path} is not a storm expression head (no "format": "{HEAD_FORMAT}").')
+        unknown = sorted(set(body) - _HEAD_KEYS)
+        if unknown:
+            raise ValueError(f"{cfg_path} has unknown keys {unknown}; it was written by another storm version.")
+        if int(body.get("format_version", 0)) > HEAD_FORMAT_VERSION:
+            raise ValueError(f"{cfg_path} has format_version {body['format_version']}; upgrade storm to read it.")
+        expected = (body.get("weights") or {}).get("sha256")
+        if not expected or _sha256(w_path) != expected:
+            raise ValueError(
+                f"{w_path} is refused: its sha256 differs from the one recorded in {HEAD_CONFIG_FILE} (or none is "
+                "recorded). The file was modified or corrupted; save the head again."
+            )
+        saved_genes = [str(g) for g in body["genes"]]
+        if genes is not None and [str(g) for g in genes] != saved_genes:
+            ours = [str(g) for g in genes]
+            diff = sorted(set(ours) ^ set(saved_genes))[:5]
+            raise ValueError(
+                f"The head at {folder} predicts {len(saved_genes):,} genes, not the {len(ours):,} expected "
+                f"({'same genes in another order' if not diff else f'e.g. {diff} differ'}). Train a head for this gene "
+                "list with storm.tl.train_expression_head."
+            )
+        saved_encoder = body.get("encoder") or {}
+        if encoder is not None:
+            want = encoder if isinstance(encoder, str) else str(dict(encoder).get("fingerprint"))
+            if want != saved_encoder.get("fingerprint"):
+                raise ValueError(
+                    f"The head at {folder} was trained on features of encoder {saved_encoder.get('name')!r} "
+                    f"(fingerprint {str(saved_encoder.get('fingerprint'))[:12]}…), not of the given one "
+                    f"({want[:12]}…). Its predictions would be meaningless: use the model it was trained with, or "
+                    "train a new head with storm.tl.train_expression_head(model=...)."
+                )
+        arch = body["arch"]
+        head = cls(
+            int(arch["in_dim"]),
+            int(arch["n_genes"]),
+            hidden_dim=int(arch["hidden_dim"]),
+            n_layers=int(arch["n_layers"]),
+            dropout=float(arch["dropout"]),
+        )
+        if len(saved_genes) != head.n_genes:
+            raise ValueError(f"{cfg_path}: {len(saved_genes)} genes for a head of {head.n_genes} outputs.")
+        state = load_file(str(w_path))
+        try:
+            head.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{w_path} does not fit the architecture in {HEAD_CONFIG_FILE}: {err}") from err
+        head.genes = saved_genes
+        head.encoder = dict(saved_encoder)
+        head.features = list(body.get("features") or [])
+        head.setup = dict(body.get("setup") or {})
+        val = body.get("val_pearson")
+        head.val_pearson = None if val is None else [float("nan") if v is None else float(v) for v in val]
+        head.training_info = dict(body.get("training") or {})
+        head.eval()
+        return head
 
 
 def l1_l2_loss(
@@ -76,3 +306,114 @@ def l1_l2_loss(
     diff = torch.where(m, diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
     n = m.sum().clamp_min(1)
     return (l1 * diff.abs().sum() + l2 * diff.pow(2).sum()) / n
+
+
+def fit_expression_head(
+    head: ExpressionHead,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    epochs: int = 10,
+    lr: float = 5e-4,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    l1: float = 1.0,
+    l2: float = 1.0,
+    x_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``head`` on features ``x`` → targets ``y`` with AdamW and ``l1 · L1 + l2 · L2`` (arrays only, no AnnData).
+
+    The input standardisation is set from ``x`` and the last layer's bias from the (masked) mean of ``y`` first, so
+    the head starts at the training mean and learns deviations from it.
+
+    Parameters
+    ----------
+    head
+        The head (modified in place).
+    x, y
+        ``(n, in_dim)`` features and ``(n, n_genes)`` targets (float32).
+    mask
+        Bool ``(n, n_genes)``: measured entries (others do not count in the loss); ``None``: all.
+    epochs, lr, weight_decay, batch_size
+        Optimisation (the paper: 10 epochs, AdamW, lr 5e-4).
+    l1, l2
+        Loss weights.
+    x_val, y_val
+        Validation features and targets: the loss and the mean gene-wise Pearson r are logged per epoch.
+    generator
+        Shuffling seed.
+    device
+        Where to train.
+    progress
+        Show a progress bar over epochs.
+
+    Returns
+    -------
+    list of dict
+        Per epoch: ``epoch``, ``train_loss`` and, with validation data, ``val_loss`` and ``val_mean_r``.
+    """
+    from tqdm.auto import tqdm
+
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"Training an expression head needs at least 2 spots, got {n}.")
+    m = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.bool()
+    std, mean = torch.std_mean(x, dim=0)
+    head.set_standardization(mean, std)
+    with torch.no_grad():
+        counts = m.sum(0).clamp_min(1)
+        y_mean = torch.where(m, torch.nan_to_num(y), 0).sum(0) / counts
+        last = head.net[-1]
+        last.bias.copy_(y_mean)
+        last.weight.mul_(0.1)
+    head.to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    history = []
+    for epoch in tqdm(range(epochs), desc="expression head", unit="epoch", disable=not progress):
+        head.train()
+        order = torch.randperm(n, generator=generator)
+        total, seen = 0.0, 0
+        for b0 in range(0, n, batch_size):
+            idx = order[b0 : b0 + batch_size]
+            xb, yb, mb = x[idx].to(device), y[idx].to(device), m[idx].to(device)
+            loss = l1_l2_loss(head(xb), yb, l1=l1, l2=l2, mask=mb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        row = {"epoch": epoch + 1, "train_loss": total / seen}
+        if x_val is not None and y_val is not None and len(x_val) > 1:
+            pred = predict_with_head(head, x_val, device=device)
+            row["val_loss"] = float(l1_l2_loss(pred, y_val, l1=l1, l2=l2))
+            r = _pearson_columns(pred, y_val)
+            row["val_mean_r"] = float(r[torch.isfinite(r)].mean()) if torch.isfinite(r).any() else float("nan")
+        history.append(row)
+    head.eval()
+    return history
+
+
+def predict_with_head(
+    head: ExpressionHead, x: torch.Tensor, *, batch_size: int = 4096, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Predictions ``(n, n_genes)`` (on the CPU) of ``head`` in eval mode for features ``x``, in batches."""
+    was = head.training
+    head.eval()
+    head.to(device)
+    with torch.inference_mode():
+        out = torch.cat([head(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    head.train(was)
+    return out
+
+
+def _pearson_columns(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Column-wise Pearson r (NaN where a column is constant), in float64."""
+    p = pred.double() - pred.double().mean(0)
+    t = true.double() - true.double().mean(0)
+    den = (p.pow(2).sum(0) * t.pow(2).sum(0)).sqrt()
+    return torch.where(den > 0, (p * t).sum(0) / den, torch.full_like(den, float("nan")))

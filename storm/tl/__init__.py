@@ -9,20 +9,28 @@ from storm.clinical._signatures import signature_score
 from ._domains import domains
 from ._embed import embed
 from ._enrichment import enrichment, gene_set_collections, load_gene_sets
+from ._expression_features import encoder_identity
+from ._expression_head import train_expression_head
 from ._markers import domain_markers
+from ._predict_expression import predict_expression
 from ._slide import SlideRiskPrediction, fit_slide_model, predict_slide_risk, slide_features, tile_attributions
+from ._virtual_st import virtual_st
 
 __all__ = [
     "SlideRiskPrediction",
     "domain_markers",
     "domains",
     "embed",
+    "encoder_identity",
     "enrichment",
     "fit_slide_model",
     "gene_set_collections",
     "load_gene_sets",
+    "predict_expression",
     "predict_slide_risk",
     "signature_score",
     "slide_features",
     "tile_attributions",
+    "train_expression_head",
+    "virtual_st",
 ]

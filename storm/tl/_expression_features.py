@@ -1,0 +1,148 @@
+"""Spot and tile features that expression heads read: the frozen STORM embedding (H&E mode) and stain statistics.
+
+Shared by :func:`storm.tl.train_expression_head`, :func:`storm.tl.predict_expression` and :func:`storm.tl.virtual_st`,
+so that a head sees the same features at training and at prediction time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from storm._logging import logger
+
+#: Feature blocks a head can read, in the order they are concatenated.
+FEATURE_BLOCKS = ("storm", "stain")
+
+
+def resolve_model(model: Any = None) -> Any:
+    """Return the given :class:`storm.models.StormModel`, or the embedded storm-mini when ``None``."""
+    from storm.models import StormModel
+
+    if model is None:
+        return StormModel.from_pretrained()
+    if isinstance(model, str):
+        return StormModel.from_pretrained(model)
+    if not isinstance(model, StormModel):
+        kind = type(model).__name__
+        raise ValueError(f"`model` must be a storm.models.StormModel, a model name or None, got {kind}.")
+    return model
+
+
+def encoder_identity(model: Any) -> dict[str, Any]:
+    """Identity of a model's H&E feature path: a fingerprint of its inference weights and network configuration.
+
+    A head records it at training time; :meth:`storm.nn.ExpressionHead.load` and the prediction functions refuse a
+    head whose encoder fingerprint differs from the model's (its features would be meaningless to the head).
+
+    Parameters
+    ----------
+    model
+        A :class:`storm.models.StormModel`.
+
+    Returns
+    -------
+    dict
+        ``name`` (a readable description), ``fingerprint`` (sha256 hex), ``dim``, ``patch_px``, ``size_um``.
+    """
+    import json
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(model.config.net.to_dict(), sort_keys=True).encode())
+    state = model.module.inference_state_dict()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        digest.update(key.encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    net = model.config.net
+    return {
+        "name": f"storm dim={net.dim} depth={net.depth} image_encoder={net.image_encoder} genes={len(model.genes)}",
+        "fingerprint": digest.hexdigest(),
+        "dim": int(net.dim),
+        "patch_px": int(model.config.patch_px),
+        "size_um": float(model.config.size_um),
+    }
+
+
+def check_features(features: Sequence[str] | str) -> list[str]:
+    """Validate the feature block names (``"storm"``, ``"stain"``), keeping their canonical order."""
+    names = [features] if isinstance(features, str) else [str(f) for f in features]
+    unknown = sorted(set(names) - set(FEATURE_BLOCKS))
+    if unknown or not names:
+        raise ValueError(f"`features` must be a non-empty subset of {FEATURE_BLOCKS}, got {names!r}.")
+    return [f for f in FEATURE_BLOCKS if f in names]
+
+
+def stain_featurizer():
+    """Return the training-free stain/colour/texture featurizer used for the ``"stain"`` block."""
+    from storm.nn import StainTextureFeaturizer
+
+    return StainTextureFeaturizer()
+
+
+def feature_spec(model: Any, features: Sequence[str]) -> list[dict[str, Any]]:
+    """Name and width of each feature block, as the head records them."""
+    out = []
+    for f in features:
+        dim = model.dim if f == "storm" else stain_featurizer().out_dim
+        out.append({"name": f, "dim": int(dim)})
+    return out
+
+
+def spot_features(
+    adata: AnnData,
+    model: Any,
+    features: Sequence[str],
+    *,
+    batch_size: int = 256,
+    accelerator: str = "auto",
+    library_key: str = "library_id",
+    progress: bool = True,
+) -> np.ndarray:
+    """Features of every spot of ``adata`` for an expression head: float32 ``(n_obs, sum of block widths)``.
+
+    ``"storm"``: the frozen model's H&E-only embedding (:meth:`storm.models.StormModel.embed` with ``mode="image"``:
+    the centre token of each spot's spatial window, so neighbouring tissue gives context). ``"stain"``: stain, colour
+    and texture statistics (:class:`storm.nn.StainTextureFeaturizer`) of the same patch the model sees (``size_um``
+    of tissue at ``patch_px``). ``adata`` is not modified.
+    """
+    from storm.pp import extract_patches
+
+    blocks = []
+    for f in features:
+        if f == "storm":
+            blocks.append(
+                np.asarray(
+                    model.embed(
+                        adata,
+                        mode="image",
+                        batch_size=batch_size,
+                        accelerator=accelerator,
+                        library_key=library_key,
+                        progress=progress,
+                    ),
+                    dtype=np.float32,
+                )
+            )
+        elif f == "stain":
+            featurizer = stain_featurizer()
+            parts = []
+            with torch.inference_mode():
+                for batch in extract_patches(
+                    adata,
+                    size_um=model.config.size_um,
+                    out_px=model.config.patch_px,
+                    batch_size=batch_size,
+                    library_key=library_key,
+                ):
+                    parts.append(featurizer(torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy())
+            blocks.append(np.concatenate(parts).astype(np.float32))
+    out = np.concatenate(blocks, axis=1)
+    logger.debug(f"spot_features: {out.shape[0]:,} spots × {out.shape[1]} features ({'+'.join(features)})")
+    return out

@@ -1,0 +1,305 @@
+"""``storm.tl.train_expression_head``: an H&E → expression head on frozen STORM features, validated by slide."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from storm._logging import logger
+from storm.tl._expression_features import (
+    check_features,
+    encoder_identity,
+    feature_spec,
+    resolve_model,
+    spot_features,
+)
+from storm.tl._utils import as_adata_list, elapsed, start_timer
+
+
+def _groups(adatas: list[AnnData], key: str) -> list[np.ndarray]:
+    out = []
+    for i, a in enumerate(adatas):
+        if key not in a.obs:
+            raise ValueError(
+                f"AnnData {i} has no `obs[{key!r}]`: training and validation are split by this column (slide or "
+                f"patient). Add it, or pass `val_key=` naming a column that holds the slide or patient id."
+            )
+        values = a.obs[key]
+        if values.isna().any():
+            raise ValueError(f"`obs[{key!r}]` of AnnData {i} has missing values; every spot needs a slide/patient id.")
+        out.append(values.astype(str).to_numpy())
+    return out
+
+
+def split_by_group(
+    groups: Sequence[str], *, val_groups: Sequence[str] | None = None, val_fraction: float = 0.2, random_state: int = 0
+) -> tuple[list[str], list[str]]:
+    """Split group ids (slides or patients) into training and validation groups: never a spot-level split.
+
+    Parameters
+    ----------
+    groups
+        The distinct group ids.
+    val_groups
+        Use exactly these as validation groups (``()``: no validation).
+    val_fraction
+        Otherwise, this fraction of the groups (at least one, never all) is drawn at random.
+    random_state
+        Seed of the draw.
+
+    Returns
+    -------
+    tuple of lists
+        Training groups and validation groups (disjoint).
+    """
+    groups = sorted({str(g) for g in groups})
+    if val_groups is not None:
+        val = [str(g) for g in val_groups]
+        unknown = sorted(set(val) - set(groups))
+        if unknown:
+            raise ValueError(f"val_groups {unknown} are not among the data's groups {groups}.")
+    else:
+        if len(groups) < 2:
+            raise ValueError(
+                f"Only one slide/patient ({groups}) in the data: a validation split by slide needs at least two. "
+                "Pass more slides, or `val_groups=()` to train without validation."
+            )
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+        n_val = int(min(len(groups) - 1, max(1, round(val_fraction * len(groups)))))
+        rng = np.random.default_rng(random_state)
+        val = sorted(rng.choice(groups, size=n_val, replace=False).tolist())
+    train = [g for g in groups if g not in set(val)]
+    if not train:
+        raise ValueError("Every group is a validation group: nothing is left to train on.")
+    return train, val
+
+
+def _context_pitch_um(adatas: list[AnnData], library_key: str) -> float:
+    """Median distance (µm) from a spot to its nearest neighbour on the same slide: the window's spatial step."""
+    from scipy.spatial import cKDTree
+
+    from storm.pp._scale import slide_scale
+    from storm.pp._validate import check_libraries, check_spatial
+
+    dists = []
+    for a in adatas:
+        xy = check_spatial(a)
+        libs, codes = check_libraries(a, library_key)
+        for c, lib in enumerate(libs):
+            rows = np.flatnonzero(codes == c)
+            if len(rows) < 2:
+                continue
+            mpp = slide_scale(a, lib, rows, xy).microns_per_pixel
+            d, _ = cKDTree(xy[rows] * mpp).query(xy[rows] * mpp, k=2)
+            dists.append(d[:, 1])
+    return float(np.median(np.concatenate(dists))) if dists else float("nan")
+
+
+def train_expression_head(
+    adatas: AnnData | Sequence[AnnData],
+    genes: Sequence[str] | None = None,
+    *,
+    model: Any = None,
+    n_top_genes: int = 500,
+    features: Sequence[str] | str = ("storm",),
+    epochs: int = 10,
+    lr: float = 5e-4,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    hidden_dim: int = 256,
+    n_layers: int = 1,
+    dropout: float = 0.1,
+    l1: float = 1.0,
+    l2: float = 1.0,
+    val_key: str = "library_id",
+    val_groups: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    library_key: str = "library_id",
+    layer: str | None = None,
+    accelerator: str = "auto",
+    random_state: int = 0,
+    progress: bool = True,
+):
+    """Train an H&E → expression head on the frozen STORM model's H&E-only features (the paper's virtual ST).
+
+    Each spot's features come from the frozen model in H&E mode (:meth:`storm.models.StormModel.embed` with
+    ``mode="image"``: the centre token of its spatial window); an MLP (:class:`storm.nn.ExpressionHead`) learns the
+    spot's normalised log expression with ``l1 · L1 + l2 · L2`` and AdamW. Only the head trains. Training and
+    validation are split by ``obs[val_key]`` (slide or patient), never by spot; the gene list, when chosen here, is
+    chosen on the training slides only.
+
+    Parameters
+    ----------
+    adatas
+        One AnnData or a list: spots with raw counts, ``obsm['spatial']`` and an H&E image per slide (see
+        DEVELOPERS.md). Not modified.
+    genes
+        Genes to predict (e.g. :func:`storm.datasets.hist2st_genes`); those no slide measures are dropped. ``None``:
+        the ``n_top_genes`` most variable genes of the training slides.
+    model
+        A :class:`storm.models.StormModel`; default the embedded storm-mini.
+    n_top_genes
+        Number of highly variable genes when ``genes`` is ``None`` (the paper: 500).
+    features
+        Feature blocks the head reads, concatenated: ``"storm"`` (the frozen embedding) and/or ``"stain"``
+        (stain/colour/texture statistics of the same patch, :class:`storm.nn.StainTextureFeaturizer`).
+    epochs, lr, weight_decay, batch_size
+        Optimisation (the paper: 10 epochs, AdamW, lr 5e-4).
+    hidden_dim, n_layers, dropout
+        Head architecture (see :class:`storm.nn.ExpressionHead`).
+    l1, l2
+        Loss weights λ1, λ2.
+    val_key
+        Column of ``obs`` whose values (slides or patients) are split into training and validation.
+    val_groups
+        Validation groups; ``()`` trains on everything without validation. Default: ``val_fraction`` of the groups
+        at random.
+    val_fraction
+        Fraction of the groups held out when ``val_groups`` is not given (the paper: 80/20 by slide).
+    library_key
+        Column of ``obs`` naming each spot's slide (spatial windows never cross slides).
+    layer
+        Read raw counts from this layer instead of ``.X``.
+    accelerator
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    random_state
+        Seed of the split, the initialisation and the shuffling.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    :class:`storm.nn.ExpressionHead`
+        The trained head with ``genes``, ``encoder`` (the model's identity), ``features``, ``setup``,
+        ``val_pearson`` (each gene's Pearson r over the validation spots; NaN without validation or where a gene is
+        constant) and ``training_info`` (groups of each side, spot counts, per-epoch losses). Save it with
+        :meth:`~storm.nn.ExpressionHead.save`.
+
+    Raises
+    ------
+    ValueError
+        No ``obs[val_key]``, a single slide without ``val_groups=()``, no image, no counts, no gene in common.
+    """
+    from storm.models._model import resolve_device
+    from storm.models._prepare import lognorm_on_panel, select_genes
+    from storm.nn import ExpressionHead, fit_expression_head, predict_with_head
+
+    start = start_timer()
+    t0 = time.perf_counter()
+    adatas, _ = as_adata_list(adatas)
+    features = check_features(features)
+    model = resolve_model(model)
+    group_of = _groups(adatas, val_key)
+    train_groups, val_list = split_by_group(
+        np.concatenate(group_of), val_groups=val_groups, val_fraction=val_fraction, random_state=random_state
+    )
+    train_rows = [np.isin(g, train_groups) for g in group_of]
+    if genes is None:
+        pieces = [a[m] for a, m in zip(adatas, train_rows, strict=True) if m.any()]
+        genes = select_genes([pieces], n_top_genes=n_top_genes, library_key=library_key, layer=layer)
+    genes = [str(g) for g in genes]
+    if not genes:
+        raise ValueError("`genes` is empty.")
+    measured_any = set().union(*(set(map(str, a.var_names)) for a in adatas))
+    kept = [g for g in genes if g in measured_any]
+    if not kept:
+        raise ValueError(f"None of the {len(genes):,} genes is measured in the data (e.g. {genes[:3]}).")
+    if len(kept) < len(genes):
+        logger.info(f"train_expression_head: {len(genes) - len(kept)} of {len(genes)} genes are measured nowhere")
+    genes = kept
+
+    xs, ys, ms = [], [], []
+    for a in adatas:
+        y, measured = lognorm_on_panel(a, genes, target_sum=model.config.target_sum, layer=layer)
+        ys.append(y.toarray())
+        ms.append(np.broadcast_to(measured, y.shape))
+        xs.append(
+            spot_features(a, model, features, accelerator=accelerator, library_key=library_key, progress=progress)
+        )
+    x_all, y_all = np.concatenate(xs), np.concatenate(ys).astype(np.float32)
+    m_all, is_train = np.concatenate(ms), np.concatenate(train_rows)
+    is_val = ~is_train
+    g_all = np.concatenate(group_of)
+    assert not set(g_all[is_train]) & set(g_all[is_val])  # internal invariant: the split is by group
+    logger.info(
+        f"train_expression_head: {int(is_train.sum()):,} training spots ({len(train_groups)} {val_key} groups), "
+        f"{int(is_val.sum()):,} validation spots ({len(val_list)} groups), {len(genes):,} genes, "
+        f"features {'+'.join(features)} ({x_all.shape[1]})"
+    )
+
+    torch.manual_seed(random_state)
+    head = ExpressionHead(x_all.shape[1], len(genes), hidden_dim=hidden_dim, n_layers=n_layers, dropout=dropout)
+    device = resolve_device(accelerator)
+    gen = torch.Generator().manual_seed(random_state)
+    x_t = torch.from_numpy(x_all)
+    y_t = torch.from_numpy(y_all)
+    m_t = torch.from_numpy(np.ascontiguousarray(m_all))
+    tr, va = torch.from_numpy(np.flatnonzero(is_train)), torch.from_numpy(np.flatnonzero(is_val))
+    history = fit_expression_head(
+        head,
+        x_t[tr],
+        y_t[tr],
+        mask=m_t[tr],
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        l1=l1,
+        l2=l2,
+        x_val=x_t[va] if len(va) > 1 else None,
+        y_val=y_t[va] if len(va) > 1 else None,
+        generator=gen,
+        device=device,
+        progress=progress,
+    )
+    head.to("cpu")
+    val_r = np.full(len(genes), np.nan)
+    if len(va) > 1:
+        from storm.metrics import gene_pearson
+
+        pred = predict_with_head(head, x_t[va]).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # constant genes: NaN, counted in the log line below
+            val_r = gene_pearson(pred, y_all[is_val], genes=genes).to_numpy()
+    head.genes = genes
+    head.encoder = encoder_identity(model)
+    head.features = feature_spec(model, features)
+    head.setup = {
+        "size_um": float(model.config.size_um),
+        "patch_px": int(model.config.patch_px),
+        "window": int(model.config.window),
+        "target_sum": float(model.config.target_sum),
+        "context_pitch_um": _context_pitch_um(adatas, library_key),
+        "layer": layer,
+    }
+    head.val_pearson = [float(v) for v in val_r]
+    head.training_info = {
+        "val_key": val_key,
+        "train_groups": list(train_groups),
+        "val_groups": list(val_list),
+        "n_train": int(is_train.sum()),
+        "n_val": int(is_val.sum()),
+        "epochs": int(epochs),
+        "lr": float(lr),
+        "batch_size": int(batch_size),
+        "l1": float(l1),
+        "l2": float(l2),
+        "random_state": int(random_state),
+        "history": history,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    finite = val_r[np.isfinite(val_r)]
+    summary = (
+        f"validation mean r {finite.mean():.3f}, median {np.median(finite):.3f} over {finite.size} genes"
+        if finite.size
+        else "no validation"
+    )
+    logger.info(f"train_expression_head: finished ({elapsed(start)}): {summary}")
+    return head

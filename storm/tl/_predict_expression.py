@@ -1,0 +1,116 @@
+"""``storm.tl.predict_expression``: predicted normalised expression of every spot from its H&E, as a new AnnData."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from storm._logging import logger
+from storm.tl._expression_features import check_features, encoder_identity, resolve_model, spot_features
+from storm.tl._utils import elapsed, start_timer
+
+
+def check_head(head: Any, model: Any) -> None:
+    """Refuse a head that is not trained, or that was trained on another encoder's features."""
+    from storm.nn import ExpressionHead
+
+    if not isinstance(head, ExpressionHead):
+        raise ValueError(f"`head` must be a storm.nn.ExpressionHead, got {type(head).__name__}.")
+    if head.genes is None or not head.encoder or not head.features:
+        raise ValueError(
+            "This ExpressionHead has no gene list, encoder identity or feature description: train it with "
+            "storm.tl.train_expression_head, or load a saved one with ExpressionHead.load."
+        )
+    ours = encoder_identity(model)
+    if ours["fingerprint"] != head.encoder.get("fingerprint"):
+        raise ValueError(
+            f"The head was trained on features of encoder {head.encoder.get('name')!r} (fingerprint "
+            f"{str(head.encoder.get('fingerprint'))[:12]}…), but `model` is {ours['name']!r} "
+            f"({ours['fingerprint'][:12]}…). Pass the model the head was trained with, or train a new head."
+        )
+    check_features([f["name"] for f in head.features])
+
+
+def var_frame(head: Any) -> pd.DataFrame:
+    """``var`` of a prediction: the head's genes with ``val_pearson`` (NaN where unknown)."""
+    r = head.val_pearson if head.val_pearson is not None else [np.nan] * len(head.genes)
+    return pd.DataFrame({"val_pearson": np.asarray(r, dtype=np.float64)}, index=pd.Index(head.genes, name=None))
+
+
+def predict_expression(
+    adata: AnnData,
+    head: Any,
+    *,
+    model: Any = None,
+    batch_size: int = 256,
+    accelerator: str = "auto",
+    library_key: str = "library_id",
+    progress: bool = True,
+) -> AnnData:
+    """Predict each spot's normalised log expression from its H&E with a trained head (virtual ST).
+
+    Parameters
+    ----------
+    adata
+        Spots with ``obsm['spatial']`` and an H&E image per slide (see DEVELOPERS.md); counts are not needed. Not
+        modified.
+    head
+        A head from :func:`storm.tl.train_expression_head` or :meth:`storm.nn.ExpressionHead.load`.
+    model
+        The :class:`storm.models.StormModel` the head was trained on; default the embedded storm-mini. A model with
+        another fingerprint is refused.
+    batch_size
+        Windows per forward pass.
+    accelerator
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    library_key
+        Column of ``obs`` naming each spot's slide.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    AnnData
+        Same spots: ``X`` float32 predicted ``log1p`` expression (counts scaled to ``target_sum`` per spot, as
+        :func:`storm.pp.normalize`); ``obs`` copied; ``var_names`` the head's genes with ``var['val_pearson']``
+        (validation Pearson r of each gene: trust the high ones); ``obsm['spatial']`` and ``uns['spatial']`` copied,
+        so :mod:`storm.pl` plots it like the input; ``uns['predict_expression']['params']``.
+
+    Raises
+    ------
+    ValueError
+        A head of another encoder, no image for a slide, spots outside their image.
+    """
+    from storm.models._model import resolve_device
+    from storm.nn import predict_with_head
+
+    start = start_timer()
+    if not isinstance(adata, AnnData):
+        raise ValueError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+    model = resolve_model(model)
+    check_head(head, model)
+    names = [f["name"] for f in head.features]
+    x = spot_features(
+        adata, model, names, batch_size=batch_size, accelerator=accelerator, library_key=library_key, progress=progress
+    )
+    if x.shape[1] != head.arch["in_dim"]:
+        raise ValueError(f"Features have width {x.shape[1]} but the head expects {head.arch['in_dim']}.")
+    pred = predict_with_head(head, torch.from_numpy(x), device=resolve_device(accelerator)).numpy().astype(np.float32)
+    out = AnnData(X=pred, obs=adata.obs.copy(), var=var_frame(head))
+    if "spatial" in adata.obsm:
+        out.obsm["spatial"] = np.asarray(adata.obsm["spatial"]).copy()
+    if "spatial" in adata.uns:
+        out.uns["spatial"] = copy.deepcopy(adata.uns["spatial"])
+    out.uns["predict_expression"] = {
+        "params": {"encoder": head.encoder.get("name"), "features": names, "batch_size": int(batch_size)}
+    }
+    logger.info(
+        f"predict_expression: finished ({elapsed(start)}): {out.n_obs:,} spots × {out.n_vars:,} genes predicted; "
+        "var['val_pearson'] says which genes to trust"
+    )
+    return out
