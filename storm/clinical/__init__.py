@@ -4,8 +4,9 @@ The statistics of STORM's clinical protocol (DESIGN.md §2) on plain arrays, bui
 scikit-survival: hazard ratios (:func:`cox_hr`, :func:`cox_split`), Harrell's C with a bootstrap interval
 (:func:`c_index`), Kaplan–Meier and log-rank (:func:`km`, :func:`logrank`), time-dependent AUC
 (:func:`time_dependent_auc`), response AUC (:func:`response_auc`), paired comparison of two scores
-(:func:`compare_scores`), and random-effects pooling across cohorts (:func:`pool_random_effects`,
-:func:`pool_hazard_ratios`, :func:`pool_aucs`). Established biomarkers from expression (:func:`cd274`,
+(:func:`compare_scores`), random-effects pooling across cohorts (:func:`pool_random_effects`,
+:func:`pool_hazard_ratios`, :func:`pool_aucs`), and all of it per cohort and biomarker in one table with pooled rows
+(:func:`cohort_table`). Established biomarkers from expression (:func:`cd274`,
 :func:`cytolytic_activity`, :func:`tcell_inflamed_gep`, :func:`tmb`, :func:`biomarker_table`) and gene-signature
 scores (:func:`signature_score`). Imports without torch.
 
@@ -30,9 +31,11 @@ from ._pooling import hanley_mcneil_se, pool_aucs, pool_hazard_ratios, pool_rand
 from ._response import compare_scores, response_auc
 from ._signatures import signature_score
 from ._survival import TimeDependentAUC, c_index, check_events, km, logrank, time_dependent_auc
+from ._table import COHORT_TABLE_COLUMNS, cohort_table
 from ._validate import ClinicalDataWarning, Interval
 
 __all__ = [
+    "COHORT_TABLE_COLUMNS",
     "CYT_GENES",
     "GEP_GENES",
     "GEP_WEIGHTS",
@@ -43,6 +46,7 @@ __all__ = [
     "c_index",
     "cd274",
     "check_events",
+    "cohort_table",
     "compare_scores",
     "cox_hr",
     "cox_split",
