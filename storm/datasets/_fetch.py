@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from storm._files import file_sha256
 from storm._logging import logger
 from storm._settings import MIRROR_ENV, data_dir, mirror_dirs
 
@@ -24,13 +24,7 @@ class DataUnavailableError(FileNotFoundError):
     """A data file is in no cache or mirror and could not be downloaded."""
 
 
-def sha256sum(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Return the hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256sum = file_sha256  # the registry's name for it
 
 
 def _verify(path: Path, entry: RegistryEntry, where: str) -> None:

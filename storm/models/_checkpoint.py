@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from storm._files import file_sha256
 from storm._logging import logger
 from storm._version import __version__
 
@@ -33,15 +33,6 @@ CONFIG_KEYS = frozenset({"format", "format_version", "storm_version", "net", "ge
 #: Models that ship inside the package, by name.
 EMBEDDED_MODELS = {"storm-mini": Path(__file__).parent / "weights" / "storm-mini"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_checkpoint(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -12,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from storm._files import file_sha256
 
 __all__ = ["ExpressionHead", "fit_expression_head", "l1_l2_loss", "predict_with_head"]
 
@@ -34,14 +35,6 @@ _HEAD_KEYS = frozenset(
         "weights",
     }
 )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ExpressionHead(nn.Module):
@@ -163,7 +156,7 @@ class ExpressionHead(nn.Module):
             "setup": self.setup,
             "val_pearson": val,
             "training": self.training_info,
-            "weights": {"file": HEAD_WEIGHTS_FILE, "sha256": _sha256(weights)},
+            "weights": {"file": HEAD_WEIGHTS_FILE, "sha256": file_sha256(weights)},
         }
         (folder / HEAD_CONFIG_FILE).write_text(json.dumps(body, indent=1) + "\n")
         return folder
@@ -223,7 +216,7 @@ class ExpressionHead(nn.Module):
         if int(body.get("format_version", 0)) > HEAD_FORMAT_VERSION:
             raise ValueError(f"{cfg_path} has format_version {body['format_version']}; upgrade storm to read it.")
         expected = (body.get("weights") or {}).get("sha256")
-        if not expected or _sha256(w_path) != expected:
+        if not expected or file_sha256(w_path) != expected:
             raise ValueError(
                 f"{w_path} is refused: its sha256 differs from the one recorded in {HEAD_CONFIG_FILE} (or none is "
                 "recorded). The file was modified or corrupted; save the head again."
