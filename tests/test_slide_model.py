@@ -516,3 +516,35 @@ def test_slide_features_bad_input():
         slide_features(a)
     with pytest.raises(ValueError, match="AnnData"):
         slide_features([np.ones(3)])
+
+
+def test_slide_features_expression_from_x_and_layers():
+    from storm.tl._slide import slide_features
+
+    def virtual(seed: int, library_id: str, genes: list[str]) -> ad.AnnData:
+        image = _tiles(6, seed, library_id, image=False)
+        x = np.random.default_rng(seed).random((6, len(genes))).astype(np.float32)
+        tiles = ad.AnnData(X=x, obs=image.obs, var=pd.DataFrame(index=genes), obsm=dict(image.obsm))
+        tiles.uns["virtual_st"] = {"params": {}}  # what storm.tl.virtual_st marks its tiles with
+        return tiles
+
+    a, b = virtual(0, "s1", ["g1", "g2", "g3"]), virtual(1, "s2", ["g1", "g2", "g3"])
+    bags = slide_features({"a": a, "b": b})  # default 'X_virtual_st': virtual_st's X
+    np.testing.assert_array_equal(bags[1]["expression"], b.X)
+    assert bags[0]["image"].shape == (6, 8)
+    plain = a.copy()
+    del plain.uns["virtual_st"]  # e.g. lost in a concatenation: X is not read unless asked for
+    assert "expression" not in slide_features(plain)[0]
+    assert "expression" in slide_features(plain, expression_key="X")[0]
+    b.layers["smooth"] = b.X * 2
+    a.layers["smooth"] = a.X * 2
+    np.testing.assert_array_equal(slide_features({"a": a, "b": b}, expression_key="smooth")[1]["expression"], b.X * 2)
+    with pytest.raises(ValueError, match="other genes"):
+        slide_features({"a": a, "b": b[:, ["g2", "g1", "g3"]]})
+    with pytest.raises(ValueError, match="different widths"):
+        slide_features({"a": a, "b": b[:, :2]})
+    b.obsm["X_storm"] = b.obsm["X_storm"][:, :4]
+    with pytest.raises(ValueError, match="different widths"):
+        slide_features({"a": a, "b": b}, expression_key=None)
+    no_x = _tiles(4, 2, "s3")  # tiles without genes: 'X' absent, not an error
+    assert "expression" not in slide_features(no_x, expression_key="X")[0]

@@ -230,6 +230,25 @@ def test_virtual_st_of_an_anndata_slide(head, model, adata):
     assert (tiles.obsm["spatial"][:, 0] < w).all()
 
 
+def test_virtual_st_tiles_make_two_modality_bags(head, model, adata):
+    """virtual_st → embed (image mode) → slide_features: bags with the image embedding and the predicted expression."""
+    tiles = {
+        lib: storm.tl.virtual_st(adata, head, model=model, library_id=lib, progress=False) for lib in ("top", "bottom")
+    }
+    for t in tiles.values():
+        storm.tl.embed(t, model, mode="image", accelerator="cpu")
+    bags = storm.tl.slide_features(tiles)  # defaults: obsm['X_storm'], and virtual_st's X for 'X_virtual_st'
+    assert [b["slide_id"] for b in bags] == ["top", "bottom"]
+    for bag, t in zip(bags, tiles.values(), strict=True):
+        assert bag["image"].shape == (t.n_obs, model.dim)
+        np.testing.assert_array_equal(bag["expression"], t.X)
+        assert bag["expression"].shape == (t.n_obs, len(head.genes))
+        np.testing.assert_array_equal(bag["obs_names"], t.obs_names)
+    other = {"top": tiles["top"], "bottom": tiles["bottom"][:, ::-1]}  # the same genes in another order
+    with pytest.raises(ValueError, match="other genes"):
+        storm.tl.slide_features(other)
+
+
 @pytest.mark.slow
 def test_downscaled_image_gives_same_physical_patches_and_comparable_predictions(tmp_path):
     """A HER2ST section whose image is a 2× downscaled copy (scale factor given): same tissue, similar predictions."""

@@ -1,7 +1,8 @@
 """Slide-level clinical prediction: bags of tile features from AnnData, cross-validated training, risk and maps.
 
-The user path (DESIGN.md §2, clinical): tile a slide into 55 µm patches, embed them (``obsm['X_storm']``) and
-predict their expression (virtual ST, ``obsm['X_virtual_st']``) → :func:`slide_features` (one bag per slide) →
+The user path (DESIGN.md §2, clinical): tile a slide into 55 µm patches and predict their expression
+(:func:`storm.tl.virtual_st`: tiles × genes in ``X``), embed the tiles (``obsm['X_storm']``,
+:func:`storm.tl.embed` in image mode) → :func:`slide_features` (one bag per slide) →
 :func:`fit_slide_model` (patient-level cross-validation, Cox or logistic loss) → :func:`predict_slide_risk` on new
 slides → :func:`tile_attributions` → :func:`storm.pl.risk_map`. The torch model is
 :class:`storm.nn.SlideRiskModel`; training lives in :mod:`storm.train`.
@@ -26,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SlideRiskPrediction", "fit_slide_model", "predict_slide_risk", "slide_features", "tile_attributions"]
 
 _MODALITIES = ("image", "expression")
+#: Default expression key; :func:`storm.tl.virtual_st` results (marked by ``uns['virtual_st']``) keep it in ``X``.
+_VIRTUAL_ST_KEY = "X_virtual_st"
 
 
 # ---------------------------------------------------------------------------------------------------- bags
@@ -68,18 +71,47 @@ def _slides(tiles: Any, library_key: str) -> list[tuple[str, AnnData]]:
     return items
 
 
-def _features(adata: AnnData, key: str, slide: str) -> np.ndarray | None:
-    """``obsm[key]``, else ``layers[key]``, else ``X`` for ``key="X"``, as finite float32; ``None`` if absent."""
+def _features(adata: AnnData, key: str, slide: str) -> tuple[np.ndarray, pd.Index | None] | None:
+    """Features of one slide's tiles under ``key``, as finite float32; ``None`` if absent.
+
+    ``obsm[key]``, else ``layers[key]``, else ``X`` for ``key="X"``; for the default key ``'X_virtual_st'``, ``X`` of
+    a :func:`storm.tl.virtual_st` result. Returns ``(features, column names)``: the genes (``var_names``) when read
+    from ``X`` or a layer, ``None`` from ``obsm``.
+    """
     if key in adata.obsm:
-        x = get_rep(adata, key, hint=f"slide {slide!r}")
-    elif key in adata.layers or key == "X":
-        x = adata.layers.get(key, adata.X)
-        x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-        if not np.isfinite(x).all():
-            raise ValueError(f"Slide {slide!r}: `{key}` holds NaN or infinite values; recompute or drop those tiles.")
+        return get_rep(adata, key, hint=f"slide {slide!r}").astype(np.float32), None
+    if key == _VIRTUAL_ST_KEY and "virtual_st" in adata.uns:
+        key = "X"  # virtual_st's tiles × genes prediction
+    if key in adata.layers:
+        x = adata.layers[key]
+    elif key == "X" and adata.X is not None and adata.n_vars > 0:
+        x = adata.X
     else:
         return None
-    return x.astype(np.float32)
+    x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError(f"Slide {slide!r}: `{key}` holds NaN or infinite values; recompute or drop those tiles.")
+    return x.astype(np.float32), adata.var_names.copy()
+
+
+def _check_columns(
+    slides: list[tuple[str, AnnData]], found: list[tuple[np.ndarray, pd.Index | None]], key: str, modality: str
+) -> None:
+    """Every slide's features of one modality must have the same width and, where named, the same genes in order."""
+    widths = {s: x.shape[1] for (s, _), (x, _) in zip(slides, found, strict=True)}
+    if len(set(widths.values())) > 1:
+        raise ValueError(
+            f"`{key}` ({modality} features) has different widths across slides ({dict(list(widths.items())[:5])}); "
+            "every slide's tiles must be described by the same features (the same model, the same gene list)."
+        )
+    named = [(s, cols) for (s, _), (_, cols) in zip(slides, found, strict=True) if cols is not None]
+    for s, cols in named[1:]:
+        if not cols.equals(named[0][1]):
+            raise ValueError(
+                f"`{key}` of slide {s!r} holds other genes (or another order) than slide {named[0][0]!r}; predict "
+                "every slide with heads of the same gene list, or subset them to common genes in one order: "
+                "`tiles = {s: t[:, genes].copy() for s, t in tiles.items()}`."
+            )
 
 
 def slide_features(
@@ -101,8 +133,11 @@ def slide_features(
         ``obsm`` key of the tiles' image features (:func:`storm.tl.embed` writes ``'X_storm'``); ``None``: no
         image modality.
     expression_key
-        ``obsm`` key (e.g. ``'X_virtual_st'``) or ``layers`` key (or ``'X'``) of the tiles' (virtual-ST)
-        expression; ``None``: no expression modality.
+        ``obsm`` key, ``layers`` key or ``'X'`` of the tiles' (virtual-ST) expression; ``None``: no expression
+        modality. The default ``'X_virtual_st'`` is read from ``obsm`` where present, else, for the tiles returned
+        by :func:`storm.tl.virtual_st` (recognised by ``uns['virtual_st']``), from ``X``: their predicted
+        ``log1p`` normalised expression. Expression read from ``X`` or a layer must have the same genes, in the same
+        order, in every slide.
     library_key
         Column of ``obs`` with the slide id (to split one AnnData, and to name the slides of a list).
     spatial_key
@@ -121,11 +156,20 @@ def slide_features(
     ------
     ValueError
         No slides, a slide without tiles, duplicated slide ids, non-finite features, a modality missing from
-        some slides, or no modality at all.
+        some slides, features of different widths or genes across slides, or no modality at all.
+
+    Examples
+    --------
+    Both modalities from whole-slide tiles (``head`` from :func:`storm.tl.train_expression_head`)::
+
+        tiles = {lib: storm.tl.virtual_st(adata, head) for lib, adata in sections.items()}
+        for t in tiles.values():
+            storm.tl.embed(t, mode="image")
+        bags = storm.tl.slide_features(tiles)  # 'image' from obsm['X_storm'], 'expression' from X
     """
     slides = _slides(tiles, library_key)
     keys = {"image": image_key, "expression": expression_key}
-    features: dict[str, list[np.ndarray | None]] = {m: [] for m in _MODALITIES}
+    features: dict[str, list[tuple[np.ndarray, pd.Index | None] | None]] = {m: [] for m in _MODALITIES}
     for slide, adata in slides:
         if adata.n_obs == 0:
             raise ValueError(f"Slide {slide!r} has no tiles.")
@@ -135,6 +179,7 @@ def slide_features(
     for m in _MODALITIES:
         found = [x is not None for x in features[m]]
         if all(found):
+            _check_columns(slides, features[m], keys[m], m)
             used.append(m)
         elif any(found):
             missing = [s for (s, _), f in zip(slides, found, strict=True) if not f]
@@ -143,19 +188,26 @@ def slide_features(
                 f"slide needs the same modalities (pass {m}_key=None to leave {m} out)."
             )
         elif keys[m] is not None:
-            logger.info(f"slide_features: no slide has `{keys[m]}`; bags carry no {m} features.")
+            hint = (
+                " (tiles of storm.tl.virtual_st keep it in X: pass expression_key='X' where their uns['virtual_st'] "
+                "was lost, e.g. by concatenation)"
+                if keys[m] == _VIRTUAL_ST_KEY
+                else ""
+            )
+            logger.info(f"slide_features: no slide has `{keys[m]}`; bags carry no {m} features{hint}.")
     if not used:
         obsm = sorted({k for _, a in slides for k in a.obsm})
         raise ValueError(
             f"No tile features found (image_key={image_key!r}, expression_key={expression_key!r}; obsm keys: "
-            f"{obsm}). Run `storm.tl.embed` on the tiles (image) or predict their expression first."
+            f"{obsm}). Run `storm.tl.embed` on the tiles (image) or predict their expression with "
+            "`storm.tl.virtual_st` first."
         )
     bags = []
     for i, (slide, adata) in enumerate(slides):
         coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2] if spatial_key in adata.obsm else None
         bag: dict[str, Any] = {"slide_id": slide, "coords": coords, "obs_names": np.asarray(adata.obs_names)}
         for m in used:
-            bag[m] = features[m][i]
+            bag[m] = features[m][i][0]
         bags.append(bag)
     logger.info(f"slide_features: {len(bags)} bags of {', '.join(used)} features")
     return bags
