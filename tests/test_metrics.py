@@ -453,3 +453,23 @@ def test_metrics_import_without_anndata():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_knn_accuracy_separable_and_label_handling():
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(0, 0.1, (30, 2)), rng.normal(5, 0.1, (30, 2))]
+    y = np.array(["a"] * 30 + ["b"] * 30, dtype=object)
+    assert sm.knn_accuracy(X, y, n_neighbors=5) == 1.0
+    flipped = np.where(np.arange(60) % 2 == 0, "a", "b").astype(object)  # labels unrelated to X
+    assert sm.knn_accuracy(X, flipped, n_neighbors=5) < 0.8
+    # missing labels and classes below min_per_class are left out, not scored
+    y_missing = y.copy()
+    y_missing[:5] = None
+    y_missing[5:8] = "rare"
+    assert sm.knn_accuracy(X, y_missing, n_neighbors=5) == 1.0
+    with pytest.raises(ValueError, match="two classes"):
+        sm.knn_accuracy(X, ["a"] * 60)
+    with pytest.raises(ValueError, match="NaN"):
+        sm.knn_accuracy(np.full((60, 2), np.nan), y)
+    with pytest.raises(ValueError, match="len"):
+        sm.knn_accuracy(X[:10], y)

@@ -4,10 +4,10 @@ A runner is started by ``benchmarks/domains.py`` with the peer's own interpreter
 this module uses only the standard library, numpy, pandas and anndata, which every peer environment has.
 
 Protocol. Input: an ``.h5ad`` with raw counts in ``.X``, ``obsm['spatial']``, ``obs['array_row']``/``['array_col']``
-and ``uns['platform']`` (``visium`` or ``st``). Output, in ``--out-dir``: ``labels.csv`` (spot, label) and
-``result.json`` with ``seconds`` (from the loaded AnnData to the labels, imports and reading excluded), ``peak_mb``
-(this process's peak resident memory, see :func:`peak_rss_mb`), ``n_domains`` (the number of distinct labels
-produced), ``notes`` and the peer's version.
+and ``uns['platform']`` (``visium``, ``st`` or ``cells``). Output, in ``--out-dir``: ``labels.csv`` (spot, label) and
+``embedding.npy`` where the peer has a per-spot embedding, and ``result.json`` with ``seconds`` (from the loaded
+AnnData to the labels, imports and reading excluded), ``peak_mb`` (this process's peak resident memory, see
+:func:`peak_rss_mb`), ``n_domains`` (the number of distinct labels produced), ``notes`` and the peer's version.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+#: ``obsm`` key under which a runner's ``fit`` may leave a per-spot embedding; it is written to ``embedding.npy``
+EMBEDDING_KEY = "peer_embedding"
 
 
 def parse_args() -> argparse.Namespace:
@@ -96,6 +99,8 @@ def run(
     if labels.shape[0] != adata.n_obs:
         raise RuntimeError(f"{peer} returned {labels.shape[0]} labels for {adata.n_obs} spots")
     pd.DataFrame({"spot": adata.obs_names, "label": labels}).to_csv(args.out_dir / "labels.csv", index=False)
+    if EMBEDDING_KEY in adata.obsm:
+        np.save(args.out_dir / "embedding.npy", np.asarray(adata.obsm[EMBEDDING_KEY], dtype=np.float32))
     result = {
         "peer": peer,
         "version": metadata.version(distribution),

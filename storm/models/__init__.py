@@ -1,5 +1,6 @@
 """The user-facing STORM model: set up from AnnData, embed, save/load (safetensors), from_pretrained."""
 
+from ._adapt import extend_genes
 from ._checkpoint import EMBEDDED_MODELS
 from ._config import StormModelConfig
 from ._model import StormModel, resolve_device
@@ -9,6 +10,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "StormModel",
     "StormModelConfig",
+    "extend_genes",
     "lognorm_on_panel",
     "match_genes",
     "panel_coverage",

@@ -83,6 +83,12 @@ class StormNetConfig:
         ``"smooth_l1"`` or ``"cosine"`` between predicted and (standardised) teacher image features.
     expr_loss_weight, image_loss_weight
         Weights of the two reconstruction losses.
+    expr_self_loss_weight
+        Weight of a third term: each *visible* spot's own expression decoded from its output token by a linear
+        read-out (MSE on its measured genes). 0 (the paper's objective, storm-mini's) leaves it out. Masked
+        reconstruction alone rewards tokens for what predicts the neighbours, which can wash out a cell's own
+        identity where cell types are intermixed; :meth:`storm.models.StormModel.adapt` turns it on so that a
+        panel's new genes are read into the embedding.
     """
 
     n_genes: int
@@ -118,6 +124,7 @@ class StormNetConfig:
     image_loss: str = "smooth_l1"
     expr_loss_weight: float = 1.0
     image_loss_weight: float = 1.0
+    expr_self_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.conv_widths = tuple(int(w) for w in self.conv_widths)
@@ -142,6 +149,8 @@ class StormNetConfig:
             problems.append(f"ema_momentum must be in [0, 1], got {self.ema_momentum}")
         if self.image_loss not in ("smooth_l1", "cosine"):
             problems.append(f"image_loss must be 'smooth_l1' or 'cosine', got {self.image_loss!r}")
+        if self.expr_self_loss_weight < 0:
+            problems.append(f"expr_self_loss_weight must be >= 0, got {self.expr_self_loss_weight}")
         if self.alibi_scale_um <= 0:
             problems.append(f"alibi_scale_um must be positive, got {self.alibi_scale_um}")
         both = self.image_encoder != "none" and self.expression_encoder != "none"

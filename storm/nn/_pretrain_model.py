@@ -169,6 +169,11 @@ class StormPretrainModel(nn.Module):
                 for i, m in enumerate(modalities)
             }
         )
+        if config.expr_self_loss_weight > 0 and "expression" in modalities:
+            # a linear read-out keeps the token itself, not a deep decoder, responsible for the spot's identity
+            self.decoders["expression_self"] = nn.Sequential(
+                nn.LayerNorm(config.dim), nn.Linear(config.dim, config.n_genes)
+            )
 
     # ------------------------------------------------------------------ properties and helpers
     @property
@@ -292,9 +297,10 @@ class StormPretrainModel(nn.Module):
         -------
         dict
             ``loss`` (weighted sum, differentiable), ``loss_expr``, ``loss_img`` (0 when the modality has no
-            target), ``n_masked_expr``, ``n_masked_img`` (reconstructed tokens) and ``teacher_std`` (mean
-            per-feature standard deviation of the image targets across tokens: a collapse alarm when it falls
-            towards 0; NaN without image targets).
+            target), ``loss_expr_self`` (visible spots' own expression; 0 unless ``expr_self_loss_weight > 0``),
+            ``n_masked_expr``, ``n_masked_img`` (reconstructed tokens) and ``teacher_std`` (mean per-feature
+            standard deviation of the image targets across tokens: a collapse alarm when it falls towards 0; NaN
+            without image targets).
         """
         cfg = self.config
         inp = self._inputs(batch)
@@ -311,7 +317,7 @@ class StormPretrainModel(nn.Module):
             return self.decoders[m](out.tokens, out.token_valid, targets[m], positions)
 
         zero = out.tokens.sum() * 0.0
-        loss_expr, loss_img = zero, zero
+        loss_expr, loss_img, loss_self = zero, zero, zero
         n_expr = n_img = torch.zeros((), dtype=torch.long, device=inp.offsets.device)
         teacher_std = torch.full((), float("nan"), device=inp.offsets.device)
         if inp.expr is not None:
@@ -319,6 +325,10 @@ class StormPretrainModel(nn.Module):
             n_expr = tgt.sum()
             if bool(tgt.any()):
                 loss_expr = masked_expression_loss(decode("expression"), inp.expr, inp.gene_mask, tgt)
+            if "expression_self" in self.decoders:
+                own, _ = out.segment("expression")
+                seen = visible["expression"]
+                loss_self = masked_expression_loss(self.decoders["expression_self"](own), inp.expr, inp.gene_mask, seen)
         if inp.image is not None:
             tgt = targets["image"]
             n_img = tgt.sum()
@@ -328,11 +338,14 @@ class StormPretrainModel(nn.Module):
                 loss_img = token_regression_loss(pred, teacher, cfg.image_loss)
                 if teacher.shape[0] > 1:
                     teacher_std = teacher.std(0).mean().detach()
-        loss = cfg.expr_loss_weight * loss_expr + cfg.image_loss_weight * loss_img
+        loss = (
+            cfg.expr_loss_weight * loss_expr + cfg.image_loss_weight * loss_img + cfg.expr_self_loss_weight * loss_self
+        )
         return {
             "loss": loss,
             "loss_expr": loss_expr.detach(),
             "loss_img": loss_img.detach(),
+            "loss_expr_self": loss_self.detach(),
             "n_masked_expr": n_expr,
             "n_masked_img": n_img,
             "teacher_std": teacher_std,

@@ -84,9 +84,9 @@ class StormLightningModule(LightningModule):
 
     Notes
     -----
-    Logged: ``train/loss``, ``train/loss_expr``, ``train/loss_img`` per step and per epoch (``_step``/``_epoch``
-    suffixes), ``train/lr`` per step, ``train/teacher_std`` per step where images were reconstructed, and ``val/…``
-    the same per epoch.
+    Logged: ``train/loss``, ``train/loss_expr``, ``train/loss_img``, ``train/loss_expr_self`` per step and per
+    epoch (``_step``/``_epoch`` suffixes), ``train/lr`` per step, ``train/teacher_std`` per step where images were
+    reconstructed, and ``val/…`` the same per epoch.
     """
 
     def __init__(
@@ -150,7 +150,7 @@ class StormLightningModule(LightningModule):
         sync = self.trainer is not None and self.trainer.world_size > 1
         kwargs = {"on_step": on_step, "on_epoch": True, "batch_size": batch_size, "sync_dist": sync}
         self.log(f"{prefix}/loss", out["loss"].detach().float(), prog_bar=True, **kwargs)
-        parts = {f"{prefix}/{k}": out[k].detach().float() for k in ("loss_expr", "loss_img")}
+        parts = {f"{prefix}/{k}": out[k].detach().float() for k in ("loss_expr", "loss_img", "loss_expr_self")}
         self.log_dict(parts, **kwargs)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""Self-supervised adaptation (StormModel.adapt): new genes appended, old weights kept, the input model untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _data import real
+
+from storm.models import StormModel, extend_genes
+from storm.nn import StormNetConfig, StormPretrainModel
+
+
+@pytest.fixture(scope="module")
+def model():
+    return StormModel.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def merfish():
+    """A 300 µm corner of the MERFISH section: ~200 cells, 155 genes of which storm-mini knows 31."""
+    adata = real("merfish_preoptic")
+    xy = adata.obsm["spatial"]
+    return adata[((xy - xy.min(axis=0)) < 300).all(axis=1)].copy()
+
+
+def test_self_loss_decoder_is_training_only():
+    net = StormNetConfig(n_genes=12, dim=16, depth=1, heads=2, image_encoder="none", expr_self_loss_weight=1.0)
+    module = StormPretrainModel(net)
+    assert "decoders.expression_self.1.weight" in module.state_dict()
+    assert not any(k.startswith("decoders.") for k in module.inference_state_dict())
+    torch.manual_seed(0)
+    batch = {
+        "offsets_um": torch.randn(3, 25, 2) * 50,
+        "expr": torch.rand(3, 25, 12),
+    }
+    out = module(batch, generator=torch.Generator().manual_seed(0))
+    assert out["loss_expr_self"] > 0
+    assert torch.isclose(out["loss"], out["loss_expr"] + out["loss_expr_self"])
+    plain = StormPretrainModel(StormNetConfig(n_genes=12, dim=16, depth=1, heads=2, image_encoder="none"))
+    assert float(plain(batch, generator=torch.Generator().manual_seed(0))["loss_expr_self"]) == 0.0
+    with pytest.raises(ValueError, match="expr_self_loss_weight"):
+        StormNetConfig(n_genes=12, expr_self_loss_weight=-1.0)
+
+
+def test_extend_genes_keeps_the_model_for_known_genes(model, merfish):
+    known = merfish[:, [g.upper() in set(model.genes) for g in merfish.var_names]].copy()
+    bigger = extend_genes(model, ["NEWGENE1", "NEWGENE2"])
+    assert bigger.genes == [*model.genes, "NEWGENE1", "NEWGENE2"]
+    assert bigger.config.net.n_genes == len(model.genes) + 2
+    assert len(model.genes) == model.config.net.n_genes  # the input model is untouched
+    # the new genes are not measured here, so the embedding must not change
+    np.testing.assert_allclose(
+        bigger.embed(known, mode="expression", progress=False),
+        model.embed(known, mode="expression", progress=False),
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="already on the model's list"):
+        extend_genes(model, [model.genes[0]])
+
+
+def test_adapt_reads_the_whole_panel_and_leaves_the_model_alone(model, merfish):
+    before = {k: v.clone() for k, v in model.module.inference_state_dict().items()}
+    adapted = model.adapt(merfish, steps=3, batch_size=32, progress=False)
+    assert model.gene_coverage(merfish)["n_used"] == 31
+    assert adapted.gene_coverage(merfish)["n_used"] == merfish.n_vars == 155
+    assert adapted.genes[: len(model.genes)] == model.genes
+    after = model.module.inference_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    emb = adapted.embed(merfish, mode="expression", progress=False)
+    assert emb.shape == (merfish.n_obs, model.dim)
+    assert np.isfinite(emb).all()
+    # deterministic for a seed
+    again = model.adapt(merfish, steps=3, batch_size=32, progress=False).embed(
+        merfish, mode="expression", progress=False
+    )
+    np.testing.assert_allclose(emb, again, atol=1e-5)
+
+
+def test_adapt_without_new_genes_keeps_the_gene_list(model, merfish):
+    adapted = model.adapt(merfish, steps=3, batch_size=32, new_genes=False, progress=False)
+    assert adapted.genes == model.genes
+
+
+def test_adapt_bad_input(model, merfish):
+    with pytest.raises(ValueError, match="steps"):
+        model.adapt(merfish, steps=0)
+    with pytest.raises(ValueError, match="at least `batch_size`"):
+        model.adapt(merfish[:20].copy(), batch_size=64)
+    with pytest.raises(TypeError, match="AnnData"):
+        model.adapt([])
