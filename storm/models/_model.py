@@ -14,6 +14,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from storm._logging import logger
+from storm.models._adapt import adapt
 from storm.models._checkpoint import read_checkpoint, resolve_pretrained, write_checkpoint
 from storm.models._config import StormModelConfig, window_positions
 from storm.models._prepare import panel_coverage, pca_loadings, prepare_slides, select_genes
@@ -276,90 +277,7 @@ class StormModel:
         return panel_coverage(adata.var_names, self.config.genes)
 
     # ------------------------------------------------------------------ adaptation
-    def adapt(
-        self,
-        adata: AnnData | Sequence[AnnData],
-        *,
-        steps: int = 800,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        new_genes: bool = True,
-        self_loss_weight: float = 1.0,
-        library_key: str = "library_id",
-        layer: str | None = None,
-        accelerator: str = "auto",
-        random_state: int = 0,
-        progress: bool = True,
-    ) -> StormModel:
-        """Adapt the model to your own slides, self-supervised (no labels), and return the adapted copy.
-
-        Zero-shot, a model reads only the genes of a panel that are on its gene list. Adaptation appends the
-        panel's other genes (``new_genes``), then trains every part that sees expression on the slides given,
-        with the masked pretraining objective plus the reconstruction of each visible spot's own expression from
-        its token (``self_loss_weight``; see :class:`storm.nn.StormNetConfig`). The image encoder is not trained.
-        Embed the same slides with the returned model afterwards. Measured on MERFISH and Xenium cells
-        (``benchmarks/cross_platform.py``): cell-type k-NN accuracy rises from below a PCA of the full panel to above
-        it. On spot data the model was pretrained on, adaptation can lower domain quality (DLPFC), so it is not the
-        default of :func:`storm.tl.embed`.
-
-        Parameters
-        ----------
-        adata
-            Cells or spots with raw counts and coordinates (one or several slides), or a list of such. Not modified.
-        steps
-            Optimiser steps (``batch_size`` windows each, cycling through the windows): a budget that does not grow
-            with the data. 800 steps see 51,200 windows (~8 passes over 6,500 cells) and took 13 min on one CPU
-            thread of a shared 2-core machine (``benchmarks/cross_platform.py``).
-        lr
-            Peak learning rate (AdamW, warm-up then cosine decay).
-        batch_size
-            Windows per step.
-        new_genes
-            Append the data's genes that are not on the model's list (otherwise only the known genes are read).
-        self_loss_weight
-            Weight of the own-expression reconstruction (0: the pretraining objective alone).
-        library_key
-            Column of ``obs`` naming each spot's slide.
-        layer
-            Read raw counts from this layer instead of ``.X``.
-        accelerator
-            ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        random_state
-            Seed of the initialisation of new genes, the masks and the window order.
-        progress
-            Show Lightning's progress bar.
-
-        Returns
-        -------
-        StormModel
-            A new model (this one is not modified) whose gene list ends with the appended genes.
-
-        Raises
-        ------
-        ValueError
-            No expression encoder, no counts, fewer spots than ``batch_size``, or a bad argument.
-
-        Examples
-        --------
-        >>> adapted = storm.models.StormModel.from_pretrained().adapt(adata)  # doctest: +SKIP
-        >>> storm.tl.embed(adata, adapted, mode="expression")  # doctest: +SKIP
-        """
-        from storm.models._adapt import adapt
-
-        return adapt(
-            self,
-            adata,
-            steps=steps,
-            lr=lr,
-            batch_size=batch_size,
-            new_genes=new_genes,
-            self_loss_weight=self_loss_weight,
-            library_key=library_key,
-            layer=layer,
-            accelerator=accelerator,
-            random_state=random_state,
-            progress=progress,
-        )
+    adapt = adapt  # storm.models._adapt.adapt, with ``self`` as its ``model``: one signature, one docstring
 
     # ------------------------------------------------------------------ inference
     def embed(
