@@ -7,12 +7,20 @@ sections). Methods:
 
 - ``storm``: :func:`storm.tl.train_expression_head` + :func:`storm.tl.predict_expression` (frozen storm-mini, H&E
   mode, 5×5 windows of spots for context, MLP head, L1 + L2, 10 epochs, AdamW lr 5e-4): the public API, end to end;
-- ``storm + stain``: the same head reading the storm embedding and stain/colour/texture statistics side by side;
+- ``storm + stain``: the same, the head reading the storm embedding and stain/colour/texture statistics side by side
+  (``features=("storm", "stain")``);
+- ``…, stain-normalised``: the same with ``stain_norm=True`` (Macenko: every section mapped from its own stains to
+  those of the training sections pooled); for the ridge, its stain features computed from normalised patches;
 - ablations (same head): ``storm, no context`` (window 1), ``storm, image encoder only`` (the CNN's patch features,
   no spatial transformer), ``storm, not pretrained`` (same network, random weights);
 - baselines: ``training mean``; ``ridge, stain features`` (ridge on :class:`storm.nn.StainTextureFeaturizer`,
   α chosen by leave-one-section-out inside the training sections); ``CNN from scratch`` (ST-Net-like: a small
   ResNet-style CNN + linear layer trained end to end on the patches with flips/rotations); ``ridge, storm``.
+
+Then "another lab": each held-out section is re-rendered with the stains of another lab's scan (the DLPFC 151673
+Visium image, LIBD, fitted by :func:`storm.pp.fit_stain_profile`), as if stained and scanned elsewhere, and predicted
+by the heads of its fold (rows ``…, held-out re-stained``): what stain normalisation is for, where one patient's
+five sections cannot show it.
 
 Then the whole-slide path: :func:`storm.tl.virtual_st` on a full 9,300-px section (seconds and peak memory, in a
 fresh process), and on half, one and two sections' worth of image (a ``.npy`` mosaic read band by band) to show that
@@ -22,7 +30,7 @@ Caveat printed with the table: C2–C6 come from one patient, and storm-mini was
 modelling of H&E and expression) on all HER2ST sections, these five included; no head ever sees the held-out
 section's expression, but the frozen encoder has seen its spots.
 
-Usage: python benchmarks/virtual_st.py [--quick] [--out benchmarks/logs] [--no-wsi]
+Usage: python benchmarks/virtual_st.py [--quick] [--out benchmarks/logs] [--no-wsi] [--threads N]
 """
 
 from __future__ import annotations
@@ -56,6 +64,35 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def other_lab_stains():
+    """The stain profile of another lab's H&E scan: DLPFC 151673's Visium image (LIBD; 600 px, tissue pixels)."""
+    import storm
+
+    adata = storm.datasets.dlpfc("151673")
+    (entry,) = adata.uns["spatial"].values()
+    return storm.pp.fit_stain_profile(np.asarray(entry["images"]["lowres"])[..., :3])
+
+
+def restained(adata, target, tmp: Path):
+    """A copy of a section whose full-resolution H&E is re-rendered with ``target``'s stains (JPEG, quality 95)."""
+    from PIL import Image
+
+    import storm
+
+    lib = str(adata.obs["library_id"].iloc[0])
+    out = adata.copy()
+    entry = out.uns["spatial"][lib]
+    image = storm.io.LazyImage(entry["metadata"]["fullres_path"]).load()
+    source = storm.pp.stain_profile(adata)  # the section's own stains, from its spot patches
+    new = np.empty_like(image)
+    for y0 in range(0, image.shape[0], 512):  # band by band: the float copy of a 9,300-px scan would be 2 GB
+        new[y0 : y0 + 512] = storm.pp.normalize_stain(image[y0 : y0 + 512], source, target)
+    path = tmp / f"{lib}_restained.jpg"
+    Image.fromarray(new).save(path, quality=95)
+    entry["metadata"] = {**entry["metadata"], "fullres_path": str(path)}
+    return out
+
+
 def gene_r(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Gene-wise Pearson r (NaN for genes constant in either), via storm.metrics.gene_pearson."""
     import storm
@@ -77,7 +114,7 @@ def summarise(r: np.ndarray) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------- features
-def section_data(quick: bool):
+def section_data(quick: bool, tmp: Path):
     import torch
 
     import storm
@@ -94,6 +131,7 @@ def section_data(quick: bool):
     no_ctx = storm.models.StormModel(dataclasses.replace(model.config, window=1, net=net1), module1)
     random_model = storm.models.StormModel(copy.deepcopy(model.config))  # same network, fresh random weights
     data, feat_seconds = {}, {}
+    other_lab = other_lab_stains()
     for s in SECTIONS:
         a = storm.datasets.her2st(s)
         y, measured = lognorm_on_panel(a, genes)
@@ -116,6 +154,8 @@ def section_data(quick: bool):
             d["cnn_features"] = model.module.image_features(torch.from_numpy(patches).permute(0, 3, 1, 2)).numpy()
         feat_seconds["cnn_features"] = feat_seconds.get("cnn_features", 0) + time.perf_counter() - t
         d["patches"] = patches
+        d["restained"] = restained(a, other_lab, tmp)
+        d["stain_restained"] = spot_features(d["restained"], model, ["stain"], progress=False)
         data[s] = d
         log(f"features of {s}: {a.n_obs} spots")
     return genes, model, data, feat_seconds
@@ -198,8 +238,12 @@ def cnn_from_scratch(ptr, ytr, mtr, pte, *, epochs=15, seed=0):
 
 
 def fold_methods(test, genes, model, data, quick, heads):
-    """The methods of one fold: name → function returning the held-out section's predictions."""
+    """The methods of one fold: name → function returning the held-out section's predictions.
+
+    The public-API rows store their heads in ``heads`` (by row name), for the re-stained rows that follow them.
+    """
     import storm
+    from storm.tl._expression_features import spot_features
 
     train = [s for s in SECTIONS if s != test]
     ytr = np.concatenate([data[s]["y"] for s in train])
@@ -209,33 +253,65 @@ def fold_methods(test, genes, model, data, quick, heads):
     def cat(key):
         return np.concatenate([data[s][key] for s in train])
 
-    def api():  # the public API, end to end (features computed inside, so its seconds include them)
-        head = storm.tl.train_expression_head(
-            [data[s]["adata"] for s in train], genes, model=model, val_groups=(), progress=False
-        )
-        heads[test] = head
-        return storm.tl.predict_expression(te["adata"], head, model=model, progress=False).X
+    def api(key, **kwargs):  # the public API, end to end (features computed inside, so its seconds include them)
+        def run():
+            head = storm.tl.train_expression_head(
+                [data[s]["adata"] for s in train], genes, model=model, val_groups=(), progress=False, **kwargs
+            )
+            heads[key] = head
+            return storm.tl.predict_expression(te["adata"], head, model=model, progress=False).X
+
+        return run
+
+    def restained_with(key):  # the fold's head (trained above), on the held-out section in another lab's stains
+        return lambda: storm.tl.predict_expression(te["restained"], heads[key], model=model, progress=False).X
+
+    normed: dict[str, np.ndarray] = {}
+
+    def ridge_normalised(test_key):  # stain features of every section mapped to the training sections' stains
+        def run():
+            if not normed:
+                target = storm.pp.stain_profile([data[s]["adata"] for s in train])
+                for key, a in [
+                    *((s, data[s]["adata"]) for s in train),
+                    ("adata", te["adata"]),
+                    ("restained", te["restained"]),
+                ]:
+                    normed[key] = spot_features(a, model, ["stain"], stain_target=target, progress=False)
+            return ridge([normed[s] for s in train], [data[s]["y"] for s in train], normed[test_key])[0]
+
+        return run
 
     def head_on(*keys):
         return lambda: mlp_head(
             np.concatenate([cat(k) for k in keys], 1), ytr, mtr, np.concatenate([te[k] for k in keys], 1)
         )
 
-    def ridge_on(key):
-        return lambda: ridge([data[s][key] for s in train], [data[s]["y"] for s in train], te[key])[0]
+    def ridge_on(key, test_key=None):
+        return lambda: ridge([data[s][key] for s in train], [data[s]["y"] for s in train], te[test_key or key])[0]
 
+    both = ("storm", "stain")
     return {
-        "storm": api,
-        "storm + stain": head_on("storm", "stain"),
+        "storm": api("storm"),
+        "storm, stain-normalised": api("storm, stain-normalised", stain_norm=True),
+        "storm + stain": api("storm + stain", features=both),
+        "storm + stain, stain-normalised": api("storm + stain, stain-normalised", features=both, stain_norm=True),
         "storm, no context": head_on("no_context"),
         "storm, image encoder only": head_on("cnn_features"),
         "storm, not pretrained": head_on("random"),
         "training mean": lambda: np.broadcast_to((ytr * mtr).sum(0) / np.maximum(mtr.sum(0), 1), te["y"].shape),
         "ridge, stain features": ridge_on("stain"),
+        "ridge, stain features, stain-normalised": ridge_normalised("adata"),
         "ridge, storm embedding": ridge_on("storm"),
         "CNN from scratch": lambda: cnn_from_scratch(
             cat("patches"), ytr, mtr, te["patches"], epochs=3 if quick else 15
         ),
+        "storm, held-out re-stained": restained_with("storm"),
+        "storm, stain-normalised, held-out re-stained": restained_with("storm, stain-normalised"),
+        "storm + stain, held-out re-stained": restained_with("storm + stain"),
+        "storm + stain, stain-normalised, held-out re-stained": restained_with("storm + stain, stain-normalised"),
+        "ridge, stain features, held-out re-stained": ridge_on("stain", "stain_restained"),
+        "ridge, stain features, stain-normalised, held-out re-stained": ridge_normalised("restained"),
     }
 
 
@@ -246,7 +322,8 @@ def loso(genes, model, data, feat_seconds, quick: bool):
     for test in SECTIONS[:2] if quick else SECTIONS:
         yte = data[test]["y"]
         scores = []
-        for name, fn in fold_methods(test, genes, model, data, quick, heads).items():
+        fold_heads: dict[str, object] = {}
+        for name, fn in fold_methods(test, genes, model, data, quick, fold_heads).items():
             t = time.perf_counter()
             pred = np.asarray(fn())
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
@@ -255,12 +332,13 @@ def loso(genes, model, data, feat_seconds, quick: bool):
             rows.append(row)
             scores.append(f"{name} {row['mean_r']:.3f}")
         log(f"fold {test} (mean r): " + ", ".join(scores))
+        heads[test] = fold_heads["storm"]
     feature_cost = {
-        "storm + stain": feat_seconds["storm"] + feat_seconds["stain"],
         "storm, no context": feat_seconds["no_context"],
         "storm, image encoder only": feat_seconds["cnn_features"],
         "storm, not pretrained": feat_seconds["random"],
         "ridge, stain features": feat_seconds["stain"],
+        "ridge, stain features, held-out re-stained": feat_seconds["stain"],
         "ridge, storm embedding": feat_seconds["storm"],
         "CNN from scratch": feat_seconds["cnn_features"],
     }
@@ -354,10 +432,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "logs"))
     parser.add_argument("--no-wsi", action="store_true", help="skip the whole-slide timing")
     parser.add_argument("--wsi-only", action="store_true", help="only the whole-slide timing (head trained on C2–C5)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -365,8 +444,10 @@ def main() -> None:
         wsi_only(out)
         log(f"\ntotal {time.perf_counter() - t0:.0f} s")
         return
-    genes, model, data, feat_seconds = section_data(args.quick)
+    scratch = tempfile.TemporaryDirectory()  # the re-stained scans, read lazily while the folds run
+    genes, model, data, feat_seconds = section_data(args.quick, Path(scratch.name))
     per_fold, seconds, heads = loso(genes, model, data, feat_seconds, args.quick)
+    scratch.cleanup()
     per_fold.to_csv(out / "virtual_st_folds.csv", index=False)
     summary = per_fold.groupby("method", sort=False)[["mean_r", "median_r", "top50_r", "mse"]].mean().reset_index()
     summary["seconds"] = summary["method"].map(seconds)
@@ -383,9 +464,9 @@ def main() -> None:
     print_table(shown.to_dict("records"), ["method", "mean_r", "median_r", "top50_r", "mse", "seconds"])
     log("(r of the training mean is undefined: its prediction is constant across spots; mse = mean squared error)")
     ridge_mean = float(summary.set_index("method").loc["ridge, stain features", "mean_r"])
-    for name in ("storm", "storm + stain"):
+    for name in ("storm", "storm, stain-normalised", "storm + stain", "storm + stain, stain-normalised"):
         s = summary.set_index("method").loc[name]
-        others = summary[~summary["method"].str.startswith("storm")]
+        others = summary[~summary["method"].str.startswith("storm") & ~summary["method"].str.contains("re-stained")]
         best = others.loc[others["top50_r"].idxmax()]
         log(
             f"{name}: mean r = {s['mean_r'] / ridge_mean:.2f}× the stain ridge's (target ≥ 1.3×); top-50 "

@@ -19,6 +19,8 @@ from storm.models._checkpoint import read_checkpoint, resolve_pretrained, write_
 from storm.models._config import StormModelConfig, window_positions
 from storm.models._prepare import panel_coverage, pca_loadings, prepare_slides, select_genes
 from storm.nn import ExpressionEncoder, StormNetConfig, StormPretrainModel
+from storm.pp._stain import StainProfile, fit_stain_profile, normalize_stain
+from storm.pp._stain_profile import N_PATCHES, sample_rows
 from storm.train._data import SlideArrays
 
 __all__ = ["StormModel", "resolve_device"]
@@ -292,6 +294,7 @@ class StormModel:
         chunk_size: int = 2048,
         context: bool = True,
         niche: bool = False,
+        stain_target: StainProfile | None = None,
         progress: bool = True,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray] | list:
         """Embed every spot: the centre token(s) of its window, from the frozen model.
@@ -322,6 +325,10 @@ class StormModel:
         niche
             Also return the niche embeddings: the mean of all output tokens of each spot's window, a description of
             its neighbourhood (what :func:`storm.tl.domains` clusters). Costs one full last transformer block.
+        stain_target
+            Normalise the H&E to these stains (Macenko): each slide's own profile is fitted on the patches of up to
+            256 of its spots (:func:`storm.pp.fit_stain_profile`) and every patch is mapped to ``stain_target``
+            before the image encoder. ``None`` (default): patches as scanned.
         progress
             Show a progress bar.
 
@@ -349,6 +356,7 @@ class StormModel:
                     chunk_size=chunk_size,
                     context=context,
                     niche=niche,
+                    stain_target=stain_target,
                     progress=progress,
                 )
                 for a in adata
@@ -372,7 +380,9 @@ class StormModel:
         try:
             with torch.inference_mode():
                 for slide in slides:
-                    self._embed_slide(slide, out, out_niche, device, batch_size, chunk_size, bar, context=context)
+                    self._embed_slide(
+                        slide, out, out_niche, device, batch_size, chunk_size, bar, context=context, stain=stain_target
+                    )
         finally:
             bar.close()
             self.module.train(was_training)
@@ -394,12 +404,16 @@ class StormModel:
         bar,
         *,
         context: bool = True,
+        stain: StainProfile | None = None,
     ) -> None:
         # Each chunk's windows touch a set of spots; every one of them is encoded once (image features, expression
         # token before neighbourhood attention) and gathered into the windows (StormPretrainModel.embed_windows).
         w = min(slide.window_size, self.config.net.window_size) if context else 1
         pixels = slide.patches.load() if slide.has_image else None
         px = self.config.patch_px
+        source = None
+        if stain is not None and pixels is not None:  # the slide's own stains, from a sample of its spots
+            source = fit_stain_profile(slide.patches.cut(pixels, sample_rows(slide.n_obs, N_PATCHES, 0), px))
         gene_mask = torch.from_numpy(slide.gene_mask).to(device) if slide.has_expr else None
         for start in range(0, slide.n_obs, chunk_size):
             centres = np.arange(start, min(start + chunk_size, slide.n_obs))
@@ -413,6 +427,8 @@ class StormModel:
                 image = expr = None
                 if pixels is not None:
                     patches = slide.patches.cut(pixels, rows, px)
+                    if source is not None:
+                        patches = normalize_stain(patches, source, stain)
                     image = torch.from_numpy(patches).permute(0, 3, 1, 2).to(device)
                 if slide.has_expr:
                     expr = torch.from_numpy(slide.expression(rows)).to(device)

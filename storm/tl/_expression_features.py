@@ -15,6 +15,7 @@ import torch
 from anndata import AnnData
 
 from storm._logging import logger
+from storm.pp._stain import StainProfile
 
 #: Feature blocks a head can read, in the order they are concatenated.
 FEATURE_BLOCKS = ("storm", "stain")
@@ -86,6 +87,12 @@ def stain_featurizer():
     return StainTextureFeaturizer()
 
 
+def head_stain_target(head: Any) -> StainProfile | None:
+    """Return the stains a head's patches are normalised to (``setup['stain_target']``), or ``None``."""
+    target = getattr(head, "setup", {}).get("stain_target")
+    return None if target is None else StainProfile.from_dict(target)
+
+
 def feature_spec(model: Any, features: Sequence[str]) -> list[dict[str, Any]]:
     """Name and width of each feature block, as the head records them."""
     out = []
@@ -103,6 +110,7 @@ def spot_features(
     batch_size: int = 256,
     accelerator: str = "auto",
     library_key: str = "library_id",
+    stain_target: StainProfile | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """Features of every spot of ``adata`` for an expression head: float32 ``(n_obs, sum of block widths)``.
@@ -110,9 +118,12 @@ def spot_features(
     ``"storm"``: the frozen model's H&E-only embedding (:meth:`storm.models.StormModel.embed` with ``mode="image"``:
     the centre token of each spot's spatial window, so neighbouring tissue gives context). ``"stain"``: stain, colour
     and texture statistics (:class:`storm.nn.StainTextureFeaturizer`) of the same patch the model sees (``size_um``
-    of tissue at ``patch_px``). ``adata`` is not modified.
+    of tissue at ``patch_px``). With ``stain_target``, every slide's patches are first Macenko-normalised to it
+    (each slide's own profile fitted on a sample of its spots). ``adata`` is not modified.
     """
-    from storm.pp import extract_patches
+    from storm.pp import extract_patches, fit_stain_profile, normalize_stain
+    from storm.pp._stain_profile import N_PATCHES, sample_rows
+    from storm.pp._validate import check_libraries
 
     blocks = []
     for f in features:
@@ -125,6 +136,7 @@ def spot_features(
                         batch_size=batch_size,
                         accelerator=accelerator,
                         library_key=library_key,
+                        stain_target=stain_target,
                         progress=progress,
                     ),
                     dtype=np.float32,
@@ -132,17 +144,29 @@ def spot_features(
             )
         elif f == "stain":
             featurizer = stain_featurizer()
-            parts = []
-            with torch.inference_mode():
-                for batch in extract_patches(
-                    adata,
-                    size_um=model.config.size_um,
-                    out_px=model.config.patch_px,
-                    batch_size=batch_size,
-                    library_key=library_key,
-                ):
-                    parts.append(featurizer(torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy())
-            blocks.append(np.concatenate(parts).astype(np.float32))
+            block = np.zeros((adata.n_obs, featurizer.out_dim), dtype=np.float32)
+            libs, codes = check_libraries(adata, library_key)
+            for c, lib in enumerate(libs):  # slide by slide: each has its own stains
+                rows = np.flatnonzero(codes == c)
+                patches = list(
+                    extract_patches(
+                        adata,
+                        size_um=model.config.size_um,
+                        out_px=model.config.patch_px,
+                        batch_size=batch_size,
+                        library_id=lib,
+                        library_key=library_key,
+                    )
+                )
+                if stain_target is not None:
+                    sample = np.concatenate(patches)[sample_rows(len(rows), N_PATCHES, 0)]
+                    source = fit_stain_profile(sample)
+                    patches = [normalize_stain(p, source, stain_target) for p in patches]
+                with torch.inference_mode():
+                    block[rows] = np.concatenate(
+                        [featurizer(torch.from_numpy(p).permute(0, 3, 1, 2)).numpy() for p in patches]
+                    )
+            blocks.append(block)
     out = np.concatenate(blocks, axis=1)
     logger.debug(f"spot_features: {out.shape[0]:,} spots × {out.shape[1]} features ({'+'.join(features)})")
     return out

@@ -109,6 +109,7 @@ def train_expression_head(
     model: Any = None,
     n_top_genes: int = 500,
     features: Sequence[str] | str = ("storm",),
+    stain_norm: bool = False,
     epochs: int = 10,
     lr: float = 5e-4,
     weight_decay: float = 1e-4,
@@ -150,6 +151,10 @@ def train_expression_head(
     features
         Feature blocks the head reads, concatenated: ``"storm"`` (the frozen embedding) and/or ``"stain"``
         (stain/colour/texture statistics of the same patch, :class:`storm.nn.StainTextureFeaturizer`).
+    stain_norm
+        Macenko stain normalisation: the stain profile of the training slides pooled (:func:`storm.pp.stain_profile`)
+        becomes the head's target, and every slide's patches, in training and in every later prediction, are mapped
+        from that slide's own stains to it. For slides from other labs or scanners.
     epochs, lr, weight_decay, batch_size
         Optimisation (the paper: 10 epochs, AdamW, lr 5e-4).
     hidden_dim, n_layers, dropout
@@ -177,7 +182,8 @@ def train_expression_head(
     Returns
     -------
     :class:`storm.nn.ExpressionHead`
-        The trained head with ``genes``, ``encoder`` (the model's identity), ``features``, ``setup``,
+        The trained head with ``genes``, ``encoder`` (the model's identity), ``features``, ``setup`` (patch geometry and
+        ``stain_target``, the Macenko profile its patches are normalised to, or ``None``),
         ``val_pearson`` (each gene's Pearson r over the validation spots; NaN without validation or where a gene is
         constant) and ``training_info`` (groups of each side, spot counts, per-epoch losses). Save it with
         :meth:`~storm.nn.ExpressionHead.save`.
@@ -215,13 +221,29 @@ def train_expression_head(
         logger.info(f"train_expression_head: {len(genes) - len(kept)} of {len(genes)} genes are measured nowhere")
     genes = kept
 
+    stain_target = None
+    if stain_norm:
+        from storm.pp import stain_profile
+
+        training = [a[m] for a, m in zip(adatas, train_rows, strict=True) if m.any()]
+        stain_target = stain_profile(
+            training, size_um=model.config.size_um, out_px=model.config.patch_px, library_key=library_key
+        )
     xs, ys, ms = [], [], []
     for a in adatas:
         y, measured = lognorm_on_panel(a, genes, target_sum=model.config.target_sum, layer=layer)
         ys.append(y.toarray())
         ms.append(np.broadcast_to(measured, y.shape))
         xs.append(
-            spot_features(a, model, features, accelerator=accelerator, library_key=library_key, progress=progress)
+            spot_features(
+                a,
+                model,
+                features,
+                accelerator=accelerator,
+                library_key=library_key,
+                stain_target=stain_target,
+                progress=progress,
+            )
         )
     x_all, y_all = np.concatenate(xs), np.concatenate(ys).astype(np.float32)
     m_all, is_train = np.concatenate(ms), np.concatenate(train_rows)
@@ -278,6 +300,7 @@ def train_expression_head(
         "target_sum": float(model.config.target_sum),
         "context_pitch_um": _context_pitch_um(adatas, library_key),
         "layer": layer,
+        "stain_target": None if stain_target is None else stain_target.to_dict(),
     }
     head.val_pearson = [float(v) for v in val_r]
     head.training_info = {

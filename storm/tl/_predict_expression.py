@@ -11,7 +11,13 @@ import torch
 from anndata import AnnData
 
 from storm._logging import logger
-from storm.tl._expression_features import check_features, encoder_identity, resolve_model, spot_features
+from storm.tl._expression_features import (
+    check_features,
+    encoder_identity,
+    head_stain_target,
+    resolve_model,
+    spot_features,
+)
 from storm.tl._utils import elapsed, start_timer
 
 
@@ -79,7 +85,9 @@ def predict_expression(
         Same spots: ``X`` float32 predicted ``log1p`` expression (counts scaled to ``target_sum`` per spot, as
         :func:`storm.pp.normalize`); ``obs`` copied; ``var_names`` the head's genes with ``var['val_pearson']``
         (validation Pearson r of each gene: trust the high ones); ``obsm['spatial']`` and ``uns['spatial']`` copied,
-        so :mod:`storm.pl` plots it like the input; ``uns['predict_expression']['params']``.
+        so :mod:`storm.pl` plots it like the input; ``uns['predict_expression']['params']`` (``encoder``,
+        ``features``, ``stain_normalized``: whether the patches were Macenko-normalised to the head's stain target,
+        as they were in training, ``batch_size``).
 
     Raises
     ------
@@ -95,8 +103,16 @@ def predict_expression(
     model = resolve_model(model)
     check_head(head, model)
     names = [f["name"] for f in head.features]
+    stain_target = head_stain_target(head)
     x = spot_features(
-        adata, model, names, batch_size=batch_size, accelerator=accelerator, library_key=library_key, progress=progress
+        adata,
+        model,
+        names,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        library_key=library_key,
+        stain_target=stain_target,
+        progress=progress,
     )
     if x.shape[1] != head.arch["in_dim"]:
         raise ValueError(f"Features have width {x.shape[1]} but the head expects {head.arch['in_dim']}.")
@@ -107,7 +123,12 @@ def predict_expression(
     if "spatial" in adata.uns:
         out.uns["spatial"] = copy.deepcopy(adata.uns["spatial"])
     out.uns["predict_expression"] = {
-        "params": {"encoder": head.encoder.get("name"), "features": names, "batch_size": int(batch_size)}
+        "params": {
+            "encoder": head.encoder.get("name"),
+            "features": names,
+            "stain_normalized": stain_target is not None,
+            "batch_size": int(batch_size),
+        }
     }
     logger.info(
         f"predict_expression: finished ({elapsed(start)}): {out.n_obs:,} spots × {out.n_vars:,} genes predicted; "

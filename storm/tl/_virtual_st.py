@@ -21,7 +21,7 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from storm._logging import logger
-from storm.tl._expression_features import resolve_model, stain_featurizer
+from storm.tl._expression_features import head_stain_target, resolve_model, stain_featurizer
 from storm.tl._predict_expression import check_head, var_frame
 from storm.tl._utils import elapsed, start_timer
 
@@ -280,7 +280,9 @@ def virtual_st(
         pixels; ``uns['spatial'][library_id]`` with ``images['hires']`` (the thumbnail), ``scalefactors``
         (``tissue_hires_scalef``, ``microns_per_pixel``, ``spot_diameter_fullres`` = the tile side) and ``metadata``
         (``platform='tiles'``, ``fullres_shape``, ``fullres_path`` where there is a file); ``uns['virtual_st']``
-        with ``params`` and ``timing``. Ready for :func:`storm.pl.expression_maps` and :func:`storm.pl.spatial`.
+        with ``params`` (``tile_um``, ``tissue_threshold``, ``min_tissue_fraction``, ``context_step_tiles``,
+        ``encoder``, ``features``, ``stain_normalized``) and ``timing``. Ready for :func:`storm.pl.expression_maps` and
+        :func:`storm.pl.spatial`.
 
     Raises
     ------
@@ -295,7 +297,9 @@ def virtual_st(
     Each tile is encoded like a spot: its ``size_um`` patch (the model's) through the image encoder, then the
     spatial transformer over a window of tiles. The window's step is the neighbour spacing of the spots the head was
     trained on (``head.setup['context_pitch_um']``, e.g. 200 µm for legacy ST, 100 µm for Visium), rounded to whole
-    tiles, so tiles see the context their head learned from.
+    tiles, so tiles see the context their head learned from. A head trained with ``stain_norm=True`` has its
+    tiles Macenko-normalised to its stain target, from the slide's own profile fitted on 256 of its tiles (one
+    extra read of those tiles' bands).
     """
     from storm.models._model import resolve_device
     from storm.nn import BatchKeys, predict_with_head
@@ -365,25 +369,42 @@ def virtual_st(
     stain = stain_featurizer().to(device) if "stain" in names else None
     stain_feat = np.zeros((n, stain.out_dim), dtype=np.float32) if stain is not None else None
     margin = max(0.0, side / 2 - pitch / 2) + 2
+    stain_target = head_stain_target(head)
+    from storm.pp import fit_stain_profile, normalize_stain
+    from storm.pp._stain_profile import N_PATCHES, sample_rows
     from storm.train._patches import crop_patches
 
+    bounds = np.searchsorted(rr, np.arange(0, n_rows + band_tiles, band_tiles))
+    bands = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1) if bounds[i + 1] > bounds[i]]
+
+    def tile_patches(selected: np.ndarray | None = None, desc: str | None = None):
+        """Yield (tile indices, uint8 patches), band by band (tiles are sorted by row: each band is a slice)."""
+        for b0, b1 in tqdm(bands, desc=desc, unit="band", disable=not progress or desc is None):
+            idx = np.arange(b0, b1) if selected is None else selected[(selected >= b0) & (selected < b1)]
+            if not len(idx):
+                continue
+            y0 = max(0, int(np.floor(rr[idx[0]] * pitch - margin)))
+            y1 = min(height, int(np.ceil((rr[idx[-1]] + 1) * pitch + margin)))
+            band = reader.read(y0, y1)
+            for s0 in range(0, len(idx), batch_size):
+                part = idx[s0 : s0 + batch_size]
+                yield part, crop_patches(band, centres[part] - np.array([0.0, y0]), side, px)
+            del band
+
     try:
+        source = None
+        if stain_target is not None:  # pass 0: the slide's own stains, from a sample of its tiles
+            sample = [p for _, p in tile_patches(sample_rows(n, N_PATCHES, 0))]
+            source = fit_stain_profile(np.concatenate(sample))
         with torch.inference_mode():
-            # pass 1: image features, band by band (tiles are sorted by row: each band is a slice)
-            bounds = np.searchsorted(rr, np.arange(0, n_rows + band_tiles, band_tiles))
-            bands = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1) if bounds[i + 1] > bounds[i]]
-            for b0, b1 in tqdm(bands, desc="virtual_st: encode tiles", unit="band", disable=not progress):
-                y0 = max(0, int(np.floor(rr[b0] * pitch - margin)))
-                y1 = min(height, int(np.ceil((rr[b1 - 1] + 1) * pitch + margin)))
-                band = reader.read(y0, y1)
-                local = centres[b0:b1] - np.array([0.0, y0])
-                for s0 in range(0, b1 - b0, batch_size):
-                    patches = crop_patches(band, local[s0 : s0 + batch_size], side, px)
-                    t = torch.from_numpy(patches).permute(0, 3, 1, 2).to(device)
-                    feat[b0 + s0 : b0 + s0 + len(t)] = module.image_features(t).float().cpu().numpy()
-                    if stain is not None:
-                        stain_feat[b0 + s0 : b0 + s0 + len(t)] = stain(t).cpu().numpy()
-                del band
+            # pass 1: image features, band by band
+            for part, patches in tile_patches(desc="virtual_st: encode tiles"):
+                if source is not None:
+                    patches = normalize_stain(patches, source, stain_target)
+                t = torch.from_numpy(patches).permute(0, 3, 1, 2).to(device)
+                feat[part] = module.image_features(t).float().cpu().numpy()
+                if stain is not None:
+                    stain_feat[part] = stain(t).cpu().numpy()
             reader.close()
             # pass 2: windows of tiles through the spatial transformer, then the head
             grid = np.full((n_rows, n_cols), -1, dtype=np.int64)
@@ -450,6 +471,7 @@ def virtual_st(
             "context_step_tiles": int(step),
             "encoder": head.encoder.get("name"),
             "features": names,
+            "stain_normalized": stain_target is not None,
         },
         "timing": {"seconds": seconds, "tiles_per_second": n / max(seconds, 1e-9)},
     }
