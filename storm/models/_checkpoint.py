@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from storm._files import file_sha256
+from storm._files import file_sha256, read_saved_folder
 from storm._logging import logger
 from storm._version import __version__
 
@@ -108,42 +108,16 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder)
-    if folder.is_file() and folder.name in (CONFIG_FILE, WEIGHTS_FILE):
-        folder = folder.parent
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"No {path.name} in {folder}: a saved storm model is a folder with {CONFIG_FILE} and {WEIGHTS_FILE} "
-                "(written by StormModel.save)."
-            )
-    try:
-        body = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON ({err}).") from err
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise ValueError(f'{config_path} is not a storm model configuration (no "format": "{FORMAT}").')
-    unknown = sorted(set(body) - CONFIG_KEYS)
-    if unknown:
-        raise ValueError(
-            f"{config_path} has unknown keys {unknown}; it was written by another storm version "
-            f"({body.get('storm_version')!r}; this is {__version__})."
-        )
-    if int(body.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(
-            f"{config_path} has format_version {body['format_version']}; this storm ({__version__}) reads up to "
-            f"{FORMAT_VERSION}. Upgrade storm."
-        )
-    expected = (body.get("weights") or {}).get("sha256")
-    if not expected:
-        raise ValueError(f"{config_path} records no sha256 of its weights; refused (cannot verify {WEIGHTS_FILE}).")
-    actual = file_sha256(weights_path)
-    if actual != expected:
-        raise ValueError(
-            f"{weights_path} is refused: its sha256 ({actual[:12]}…) differs from the one recorded in {CONFIG_FILE} "
-            f"({expected[:12]}…). The file was modified or corrupted; download or copy the model again."
-        )
+    body, _, weights_path = read_saved_folder(
+        folder,
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        fmt=FORMAT,
+        format_version=FORMAT_VERSION,
+        known_keys=CONFIG_KEYS,
+        what="storm model",
+        saved_by="StormModel.save",
+    )
     try:
         state = load_file(str(weights_path))
     except SafetensorError as err:  # pragma: no cover - a matching sha256 makes this unlikely

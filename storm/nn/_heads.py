@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from storm._files import file_sha256
+from storm._files import file_sha256, read_saved_folder
 
 __all__ = ["ExpressionHead", "fit_expression_head", "l1_l2_loss", "predict_with_head"]
 
@@ -194,33 +194,17 @@ class ExpressionHead(nn.Module):
         """
         from safetensors.torch import load_file
 
-        folder = Path(path)
-        if folder.is_file():
-            folder = folder.parent
-        cfg_path, w_path = folder / HEAD_CONFIG_FILE, folder / HEAD_WEIGHTS_FILE
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"No {p.name} in {folder}: a saved expression head is a folder with {HEAD_CONFIG_FILE} and "
-                    f"{HEAD_WEIGHTS_FILE} (written by ExpressionHead.save)."
-                )
-        try:
-            body = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{cfg_path} is not valid JSON ({err}).") from err
-        if not isinstance(body, dict) or body.get("format") != HEAD_FORMAT:
-            raise ValueError(f'{cfg_path} is not a storm expression head (no "format": "{HEAD_FORMAT}").')
-        unknown = sorted(set(body) - _HEAD_KEYS)
-        if unknown:
-            raise ValueError(f"{cfg_path} has unknown keys {unknown}; it was written by another storm version.")
-        if int(body.get("format_version", 0)) > HEAD_FORMAT_VERSION:
-            raise ValueError(f"{cfg_path} has format_version {body['format_version']}; upgrade storm to read it.")
-        expected = (body.get("weights") or {}).get("sha256")
-        if not expected or file_sha256(w_path) != expected:
-            raise ValueError(
-                f"{w_path} is refused: its sha256 differs from the one recorded in {HEAD_CONFIG_FILE} (or none is "
-                "recorded). The file was modified or corrupted; save the head again."
-            )
+        body, cfg_path, w_path = read_saved_folder(
+            path,
+            HEAD_CONFIG_FILE,
+            HEAD_WEIGHTS_FILE,
+            fmt=HEAD_FORMAT,
+            format_version=HEAD_FORMAT_VERSION,
+            known_keys=_HEAD_KEYS,
+            what="storm expression head",
+            saved_by="ExpressionHead.save",
+        )
+        folder = cfg_path.parent
         saved_genes = [str(g) for g in body["genes"]]
         if genes is not None and [str(g) for g in genes] != saved_genes:
             ours = [str(g) for g in genes]

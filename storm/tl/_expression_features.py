@@ -121,9 +121,10 @@ def spot_features(
     of tissue at ``patch_px``). With ``stain_target``, every slide's patches are first Macenko-normalised to it
     (each slide's own profile fitted on a sample of its spots). ``adata`` is not modified.
     """
-    from storm.pp import extract_patches, fit_stain_profile, normalize_stain
-    from storm.pp._stain_profile import N_PATCHES, sample_rows
+    from storm.pp import extract_patches, normalize_stain, stain_profile
     from storm.pp._validate import check_libraries
+
+    size_um, px = model.config.size_um, model.config.patch_px
 
     blocks = []
     for f in features:
@@ -147,25 +148,19 @@ def spot_features(
             block = np.zeros((adata.n_obs, featurizer.out_dim), dtype=np.float32)
             libs, codes = check_libraries(adata, library_key)
             for c, lib in enumerate(libs):  # slide by slide: each has its own stains
-                rows = np.flatnonzero(codes == c)
-                patches = list(
-                    extract_patches(
-                        adata,
-                        size_um=model.config.size_um,
-                        out_px=model.config.patch_px,
-                        batch_size=batch_size,
-                        library_id=lib,
-                        library_key=library_key,
-                    )
-                )
+                source = None
                 if stain_target is not None:
-                    sample = np.concatenate(patches)[sample_rows(len(rows), N_PATCHES, 0)]
-                    source = fit_stain_profile(sample)
-                    patches = [normalize_stain(p, source, stain_target) for p in patches]
+                    source = stain_profile(adata, size_um=size_um, out_px=px, library_id=lib, library_key=library_key)
+                parts = []
+                batches = extract_patches(
+                    adata, size_um=size_um, out_px=px, batch_size=batch_size, library_id=lib, library_key=library_key
+                )
                 with torch.inference_mode():
-                    block[rows] = np.concatenate(
-                        [featurizer(torch.from_numpy(p).permute(0, 3, 1, 2)).numpy() for p in patches]
-                    )
+                    for batch in batches:
+                        if source is not None:
+                            batch = normalize_stain(batch, source, stain_target)
+                        parts.append(featurizer(torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy())
+                block[codes == c] = np.concatenate(parts)
             blocks.append(block)
     out = np.concatenate(blocks, axis=1)
     logger.debug(f"spot_features: {out.shape[0]:,} spots × {out.shape[1]} features ({'+'.join(features)})")
