@@ -237,6 +237,7 @@ def test_virtual_st_tiles_make_two_modality_bags(head, model, adata):
     }
     for t in tiles.values():
         storm.tl.embed(t, model, mode="image", accelerator="cpu")
+    assert not set(tiles["top"].obs_names) & set(tiles["bottom"].obs_names)  # tile names carry the slide
     bags = storm.tl.slide_features(tiles)  # defaults: obsm['X_storm'], and virtual_st's X for 'X_virtual_st'
     assert [b["slide_id"] for b in bags] == ["top", "bottom"]
     for bag, t in zip(bags, tiles.values(), strict=True):

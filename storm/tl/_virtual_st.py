@@ -274,11 +274,12 @@ def virtual_st(
     Returns
     -------
     AnnData
-        One observation per tissue tile: ``X`` float32 predicted ``log1p`` normalised expression; ``var`` the head's
-        genes with ``var['val_pearson']``; ``obs['array_row']``, ``obs['array_col']`` (tile grid),
-        ``obs['tissue_fraction']``, ``obs['library_id']``; ``obsm['spatial']`` tile centres (x, y) in full-resolution
-        pixels; ``uns['spatial'][library_id]`` with ``images['hires']`` (the thumbnail), ``scalefactors``
-        (``tissue_hires_scalef``, ``microns_per_pixel``, ``spot_diameter_fullres`` = the tile side) and ``metadata``
+        One observation per tissue tile, named ``{library_id}_tile_{row}_{col}``: ``X`` float32 predicted ``log1p``
+        normalised expression; ``var`` the head's genes with ``var['val_pearson']``; ``obs['array_row']``,
+        ``obs['array_col']`` (tile grid), ``obs['tissue_fraction']``, ``obs['library_id']``; ``obsm['spatial']`` tile
+        centres (x, y) in full-resolution pixels; ``uns['spatial'][library_id]`` with ``images['hires']`` (the
+        thumbnail), ``scalefactors`` (``tissue_hires_scalef``, ``microns_per_pixel``, ``spot_diameter_fullres`` = the
+        tile side) and ``metadata``
         (``platform='tiles'``, ``fullres_shape``, ``fullres_path`` where there is a file); ``uns['virtual_st']``
         with ``params`` (``tile_um``, ``tissue_threshold``, ``min_tissue_fraction``, ``context_step_tiles``,
         ``encoder``, ``features``, ``stain_normalized``) and ``timing``. Ready for :func:`storm.pl.expression_maps` and
@@ -444,7 +445,8 @@ def virtual_st(
             "tissue_fraction": frac.astype(np.float32),
             "library_id": pd.Categorical([library_id] * n),
         },
-        index=pd.Index([f"tile_{r}_{c}" for r, c in zip(rr, cc, strict=True)]),
+        # the slide in the name: tiles of several slides stay distinct when their AnnData are concatenated
+        index=pd.Index([f"{library_id}_tile_{r}_{c}" for r, c in zip(rr, cc, strict=True)]),
     )
     out = AnnData(X=pred, obs=obs, var=var_frame(head))
     out.obsm["spatial"] = centres - 0.5  # continuous coordinate → pixel index, the obsm['spatial'] convention
