@@ -51,7 +51,8 @@ def _kmeans(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs:
     return KMeans(n_clusters=n_domains, random_state=random_state, **kwargs).fit_predict(rep)
 
 
-def _gmm(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs: Any) -> np.ndarray:
+def fit_gmm(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs: Any) -> np.ndarray:
+    """Labels of a Gaussian mixture of ``n_domains`` components (tied covariance unless ``kwargs`` say otherwise)."""
     from sklearn.mixture import GaussianMixture
 
     # one covariance shared by all domains (mclust's "EEE", the usual choice for tissue domains): robust on a few
@@ -304,7 +305,7 @@ def domains(
             labels = _kmeans(rep, int(n_domains), random_state, **kwargs)
             params["n_init"] = int(kwargs.get("n_init", 10))
         elif method == "gmm":
-            labels = _gmm(rep, int(n_domains), random_state, **kwargs)
+            labels = fit_gmm(rep, int(n_domains), random_state, **kwargs)
             params["covariance_type"] = str(kwargs.get("covariance_type", "tied"))
         else:
             labels, used = _leiden(rep, n_domains, resolution, n_neighbors, random_state, **kwargs)

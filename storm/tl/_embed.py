@@ -107,6 +107,22 @@ def _too_coarse(adata: AnnData, model: Any, library_key: str) -> list[str]:
     return [str(lib) for lib, zoom in scale["zoom"].items() if zoom > 2.0]
 
 
+def auto_mode(adata: AnnData, model: Any, *, library_key: str = "library_id") -> str:
+    """Return the mode that ``embed(adata, model, mode="auto")`` uses.
+
+    :func:`resolve_mode`'s choice, but ``"expression"`` where a slide's image is too coarse for the model's patches.
+    """
+    resolved = resolve_mode(adata, "auto", library_key=library_key)
+    coarse = _too_coarse(adata, model, library_key) if resolved == "joint" else []
+    if coarse:
+        logger.info(
+            f"embed: the image of slide(s) {coarse} is too coarse for {model.config.size_um:g}-µm patches "
+            f"(upsampled over 2×); embedding from expression only. Pass mode='joint' to use it anyway."
+        )
+        return "expression"
+    return resolved
+
+
 def _check_embedding(emb: Any, adata: AnnData, model_name: str) -> np.ndarray:
     emb = np.asarray(emb)
     if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
@@ -217,14 +233,7 @@ def embed(
     version = getattr(model, "version", None) or getattr(getattr(model, "config", None), "version", None)
 
     if mode == "auto":
-        for i, (a, resolved) in enumerate(zip(adatas, modes, strict=True)):
-            coarse = _too_coarse(a, model, library_key) if resolved == "joint" else []
-            if coarse:
-                logger.info(
-                    f"embed: the image of slide(s) {coarse} is too coarse for {model.config.size_um:g}-µm patches "
-                    f"(upsampled over 2×); embedding from expression only. Pass mode='joint' to use it anyway."
-                )
-                modes[i] = "expression"
+        modes = [auto_mode(a, model, library_key=library_key) for a in adatas]
 
     extra: dict[str, Any] = {} if context else {"context": False}  # duck-typed models without it keep working
     with_niche = "niche" in inspect.signature(model.embed).parameters

@@ -4,24 +4,27 @@ Imports torch, lightning and numpy only (AnnData is read by :mod:`storm.models`,
 :func:`pretrain`), so that training nodes need no single-cell stack to import it.
 """
 
-from ._config import DataConfig, GenesConfig, OptimConfig, PretrainConfig, SetupConfig, TrainerConfig
+from ._config import DataConfig, GenesConfig, OptimConfig, PretrainConfig, ProbeConfig, SetupConfig, TrainerConfig
 from ._data import PatchCache, PatchSource, SlideArrays
 from ._datamodule import StormDataModule
 from ._dataset import SlideBlockSampler, WindowDataset
 from ._module import StormLightningModule, WarmupCosine, step_seed
 from ._patches import crop_patches, decode_image
-from ._pretrain import build_trainer, load_datasets, pretrain
+from ._pretrain import build_probe, build_trainer, load_datasets, pretrain
+from ._probe import DomainProbe
 from ._slide import BagDataset, SlideCVResult, SlideRiskModule, collate_bags, fit_slide_model_cv, predict_bags
 from ._store import load_slides, save_slides
 
 __all__ = [
     "BagDataset",
     "DataConfig",
+    "DomainProbe",
     "GenesConfig",
     "OptimConfig",
     "PatchCache",
     "PatchSource",
     "PretrainConfig",
+    "ProbeConfig",
     "SetupConfig",
     "SlideArrays",
     "SlideBlockSampler",
@@ -32,6 +35,7 @@ __all__ = [
     "TrainerConfig",
     "WarmupCosine",
     "WindowDataset",
+    "build_probe",
     "build_trainer",
     "collate_bags",
     "crop_patches",

@@ -15,6 +15,7 @@ __all__ = [
     "GenesConfig",
     "OptimConfig",
     "PretrainConfig",
+    "ProbeConfig",
     "SetupConfig",
     "TrainerConfig",
 ]
@@ -169,6 +170,29 @@ class TrainerConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Labelled slides scored while training (:class:`storm.train.DomainProbe`): spatial-domain ARI in the logs.
+
+    Attributes
+    ----------
+    datasets
+        Loader name → section ids, as in :class:`DataConfig` (e.g. ``{"dlpfc": ["151673"]}``). Use slides you will
+        not evaluate on: a budget chosen by the probe is tuned on its slides.
+    label_key
+        Column of ``obs`` with the labels (DLPFC: ``"layer"``; HER2ST: ``"label"``); missing values are not scored.
+    exclude_labels
+        Labels not scored either (HER2ST: ``["undetermined"]``).
+    every_n_steps
+        Probe every so many optimiser steps (and before the first and after the last).
+    """
+
+    datasets: dict[str, Any] = field(default_factory=dict)
+    label_key: str = "layer"
+    exclude_labels: list[str] = field(default_factory=list)
+    every_n_steps: int = 100
+
+
+@dataclass
 class PretrainConfig:
     """A pretraining run: data, genes, network, data preparation, optimiser, trainer, output.
 
@@ -184,6 +208,8 @@ class PretrainConfig:
         Folder of the run: ``model/`` (the final :class:`storm.models.StormModel`), ``checkpoints/``, ``logs/``.
     no_pretraining
         Ablation: save the initialised model (PCA-initialised gene embeddings, random elsewhere) without training.
+    probe
+        Labelled slides whose domain ARI is logged while training (:class:`ProbeConfig`); ``None``: no probe.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -194,6 +220,7 @@ class PretrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output: str = "storm-pretrain"
     no_pretraining: bool = False
+    probe: ProbeConfig | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
@@ -201,12 +228,14 @@ class PretrainConfig:
         d = dict(d or {})
         sections = {"data": DataConfig, "genes": GenesConfig, "setup": SetupConfig, "optim": OptimConfig,
                     "trainer": TrainerConfig}  # fmt: skip
-        known = set(sections) | {"net", "output", "no_pretraining"}
+        known = set(sections) | {"net", "output", "no_pretraining", "probe"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"Unknown sections {unknown} in the pretraining configuration (known: {sorted(known)}).")
         kwargs: dict[str, Any] = {name: _from_dict(kind, d.get(name), name) for name, kind in sections.items()}
         kwargs["net"] = dict(d.get("net") or {})
+        if d.get("probe") is not None:
+            kwargs["probe"] = _from_dict(ProbeConfig, d["probe"], "probe")
         for key in ("output", "no_pretraining"):
             if key in d:
                 kwargs[key] = d[key]

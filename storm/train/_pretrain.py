@@ -8,10 +8,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from storm._logging import logger
-from storm.train._config import PretrainConfig
+from storm.train._config import DataConfig, PretrainConfig, ProbeConfig
 from storm.train._datamodule import StormDataModule
 from storm.train._module import StormLightningModule
 
@@ -20,8 +21,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning.pytorch import Trainer
 
     from storm.models import StormModel
+    from storm.train._probe import DomainProbe
 
-__all__ = ["build_trainer", "load_datasets", "pretrain"]
+__all__ = ["build_probe", "build_trainer", "load_datasets", "pretrain"]
 
 #: Lightning warnings that pretraining triggers on purpose (matched as regular expressions on the message).
 _EXPECTED_WARNINGS = (
@@ -84,6 +86,50 @@ def load_datasets(data: Any) -> list[list[AnnData]]:
     if not out:
         raise ValueError("The configuration names no data: set `data.datasets` (loader: sections) or `data.h5ad`.")
     return out
+
+
+def build_probe(model: StormModel, probe: ProbeConfig, *, library_key: str, layer: str | None) -> DomainProbe:
+    """Build the :class:`~storm.train.DomainProbe` of a run: its slides, prepared like the training slides.
+
+    Parameters
+    ----------
+    model
+        The :class:`~storm.models.StormModel` being trained.
+    probe
+        Which labelled slides, and how their labels are read.
+    library_key, layer
+        As for the training slides.
+
+    Returns
+    -------
+    DomainProbe
+
+    Raises
+    ------
+    ValueError
+        A probe slide without the label column, or with fewer than two labels.
+    """
+    from storm.tl._embed import auto_mode
+    from storm.train._probe import DomainProbe
+
+    excluded = {str(x) for x in probe.exclude_labels}
+    slides, labels = [], []
+    for data in load_datasets(DataConfig(datasets=probe.datasets)):
+        for adata in data:
+            if probe.label_key not in adata.obs:
+                raise ValueError(
+                    f"A probe slide has no obs[{probe.label_key!r}] (its columns: {list(adata.obs.columns)}); set "
+                    "probe.label_key to the column of its labels."
+                )
+            values = adata.obs[probe.label_key].astype(object).to_numpy()
+            values = np.array([None if v is None or v != v or str(v) in excluded else str(v) for v in values])
+            # the mode storm.tl.embed would use, so the probe scores what a user of the model gets
+            mode = auto_mode(adata, model, library_key=library_key)
+            for slide in model.prepare(adata, mode=mode, library_key=library_key, layer=layer):
+                slides.append(slide)
+                labels.append(values[slide.obs_rows])
+    names = [s.library_id for s in slides]
+    return DomainProbe(model, slides, labels, names=names, every_n_steps=probe.every_n_steps)
 
 
 def _read_genes(genes: list[str] | str) -> list[str]:
@@ -277,6 +323,10 @@ def pretrain(config: PretrainConfig | dict[str, Any] | str | os.PathLike) -> tup
         seed=tc.seed,
     )
     trainer = build_trainer(config, has_validation=datamodule.has_validation)
+    probe = None
+    if config.probe is not None:
+        probe = build_probe(model, config.probe, library_key=config.data.library_key, layer=config.data.layer)
+        trainer.callbacks.append(probe)
     ckpt_path = tc.resume_from
     if ckpt_path == "last":
         ckpt_path = str(Path(tc.ckpt_dir or output / "checkpoints") / "last.ckpt")
@@ -297,6 +347,8 @@ def pretrain(config: PretrainConfig | dict[str, Any] | str | os.PathLike) -> tup
             "devices": str(tc.devices),
             "final_metrics": metrics,
         }
+        if probe is not None:
+            provenance["probe"] = {"label_key": config.probe.label_key, "history": probe.history}
         model.save(output / "model", overwrite=True, training=provenance)
         logger.info(
             f"pretrain: {trainer.global_step} steps in {seconds:.0f} s; model saved to {output / 'model'}, "
