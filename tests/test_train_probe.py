@@ -142,3 +142,13 @@ def test_probing_does_not_change_what_is_trained(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] == b[key]).all(), key
+
+
+def test_a_resumed_run_keeps_its_probe_history(tmp_path):
+    config = _config(tmp_path)
+    config["trainer"] = config["trainer"] | {"max_steps": 2, "checkpoint_every_n_steps": 1}
+    pretrain(config)
+    config["trainer"] = config["trainer"] | {"max_steps": 3, "resume_from": "last"}
+    pretrain(config)
+    history = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["training"]["probe"]["history"]
+    assert [h["step"] for h in history] == [0, 2, 3]

@@ -122,7 +122,9 @@ def build_probe(model: StormModel, probe: ProbeConfig, *, library_key: str, laye
                     "probe.label_key to the column of its labels."
                 )
             values = adata.obs[probe.label_key].astype(object).to_numpy()
-            values = np.array([None if v is None or v != v or str(v) in excluded else str(v) for v in values])
+            values = np.array(
+                [None if v is None or v != v or str(v) in excluded else str(v) for v in values], dtype=object
+            )
             # the mode storm.tl.embed would use, so the probe scores what a user of the model gets
             mode = auto_mode(adata, model, library_key=library_key)
             for slide in model.prepare(adata, mode=mode, library_key=library_key, layer=layer):

@@ -91,13 +91,12 @@ class DomainProbe(Callback):
             if len({lab[i] for i in scored}) < 2:
                 raise ValueError(f"Probe slide {name!r} has fewer than two distinct labels: nothing to score.")
             self.targets.append((name, scored, lab[scored].astype(str)))
-        self.model, self.slides = model, list(slides)
-        self.every_n_steps, self.n_pcs, self.random_state, self.batch_size = (
-            every_n_steps,
-            n_pcs,
-            random_state,
-            batch_size,
-        )
+        self.model = model
+        self.slides = list(slides)
+        self.every_n_steps = every_n_steps
+        self.n_pcs = n_pcs
+        self.random_state = random_state
+        self.batch_size = batch_size
         self.history: list[dict[str, float]] = []
 
     def niche_embedding(self, slide: SlideArrays, device: torch.device) -> np.ndarray:
@@ -139,6 +138,14 @@ class DomainProbe(Callback):
         self.history.append({"step": step, **scores})
         if trainer.logger is not None:
             trainer.logger.log_metrics(scores, step=step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the history, saved in Lightning checkpoints so that a resumed run keeps its earlier probes."""
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history of a checkpoint."""
+        self.history = list(state_dict.get("history", []))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._probe(trainer, pl_module)
