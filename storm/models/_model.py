@@ -369,11 +369,61 @@ class StormModel:
                 "This model takes precomputed image features, which embed() cannot compute; use mode='expression' "
                 "or call the network (StormModel.module) with features."
             )
+        result = self.embed_prepared(
+            slides,
+            adata.n_obs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            chunk_size=chunk_size,
+            context=context,
+            niche=niche,
+            stain_target=stain_target,
+            progress=progress,
+        )
+        modes = {("joint" if s.has_image and s.has_expr else "image" if s.has_image else "expression") for s in slides}
+        logger.info(
+            f"embed: {adata.n_obs:,} spots of {len(slides)} slide(s) embedded ({', '.join(sorted(modes))}"
+            f"{'' if context else ', no spatial context'})"
+        )
+        return result
+
+    def embed_prepared(
+        self,
+        slides: Sequence[SlideArrays],
+        n_obs: int,
+        *,
+        batch_size: int = 256,
+        accelerator: str | torch.device = "auto",
+        chunk_size: int = 2048,
+        context: bool = True,
+        niche: bool = False,
+        stain_target: StainProfile | None = None,
+        progress: bool = True,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Embed slides already prepared by :meth:`prepare` (the core of :meth:`embed`, without AnnData).
+
+        The network is put in eval mode for the pass and given back in the mode it was in, so a training loop can
+        call this between steps (:class:`storm.train.DomainProbe` does).
+
+        Parameters
+        ----------
+        slides
+            Prepared slides; each slide's ``obs_rows`` say where its spots go in the output.
+        n_obs
+            Rows of the output (the spots of the AnnData the slides came from).
+        batch_size, accelerator, chunk_size, context, niche, stain_target, progress
+            As in :meth:`embed`.
+
+        Returns
+        -------
+        np.ndarray or tuple
+            float32 ``(n_obs, dim)``; with ``niche=True`` the pair ``(centre, niche)``. Rows no slide covers stay 0.
+        """
         device = resolve_device(accelerator)
         self.module.to(device)
         was_training = self.module.training
         self.module.eval()
-        out = np.zeros((adata.n_obs, self.dim), dtype=np.float32)
+        out = np.zeros((n_obs, self.dim), dtype=np.float32)
         out_niche = np.zeros_like(out) if niche else None
         total = sum(s.n_obs for s in slides)
         bar = tqdm(total=total, desc="storm embed", unit="spot", disable=not progress)
@@ -386,11 +436,6 @@ class StormModel:
         finally:
             bar.close()
             self.module.train(was_training)
-        modes = {("joint" if s.has_image and s.has_expr else "image" if s.has_image else "expression") for s in slides}
-        logger.info(
-            f"embed: {adata.n_obs:,} spots of {len(slides)} slide(s) embedded ({', '.join(sorted(modes))}"
-            f"{'' if context else ', no spatial context'})"
-        )
         return (out, out_niche) if niche else out
 
     def _embed_slide(

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback
-from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from storm.models import StormModel
@@ -101,18 +100,10 @@ class DomainProbe(Callback):
 
     def niche_embedding(self, slide: SlideArrays, device: torch.device) -> np.ndarray:
         """Return the niche embedding of every spot of ``slide`` (slide order) with the current weights."""
-        module = self.model.module
-        was_training = module.training
-        module.eval()
         n_rows = int(slide.obs_rows.max()) + 1
-        out = np.zeros((n_rows, self.model.dim), dtype=np.float32)
-        niche = np.zeros_like(out)
-        bar = tqdm(total=slide.n_obs, disable=True)
-        try:
-            with torch.inference_mode():
-                self.model._embed_slide(slide, out, niche, device, self.batch_size, 2048, bar)
-        finally:
-            module.train(was_training)
+        _, niche = self.model.embed_prepared(
+            [slide], n_rows, batch_size=self.batch_size, accelerator=device, niche=True, progress=False
+        )
         return niche[slide.obs_rows]
 
     def score(self, device: torch.device | str = "cpu") -> dict[str, float]:
