@@ -1,4 +1,6 @@
-"""Readers: Space Ranger (Visium) folders, legacy ST tables, R data files, and images opened lazily."""
+"""Readers: Space Ranger (Visium) folders, legacy ST tables, R data files, images and whole slides opened lazily."""
+
+from storm._wsi_reader import WholeSlideImage
 
 from ._cosmx import read_cosmx
 from ._image import LazyImage, read_image
@@ -7,10 +9,13 @@ from ._merscope import read_merscope
 from ._rdata import r_to_pandas, read_rda, read_summarized_experiment
 from ._visium import read_visium
 from ._visium_hd import read_visium_hd
+from ._wsi import read_wsi
+from ._wsi_write import write_pyramid
 from ._xenium import read_xenium
 
 __all__ = [
     "LazyImage",
+    "WholeSlideImage",
     "r_to_pandas",
     "read_cosmx",
     "read_image",
@@ -20,5 +25,7 @@ __all__ = [
     "read_summarized_experiment",
     "read_visium",
     "read_visium_hd",
+    "read_wsi",
     "read_xenium",
+    "write_pyramid",
 ]

@@ -24,7 +24,8 @@ def _stream(
     batch_size: int,
 ) -> Iterator[np.ndarray]:
     # Each slide's image is decoded once, on its first spot, and dropped after its last one: with slides stored one
-    # after another (the usual case) only one full-resolution image is in memory at a time.
+    # after another (the usual case) only one full-resolution image is in memory at a time. A whole-slide image is
+    # never decoded: each patch reads the tiles under it, at the pyramid level chosen for the patch size.
     last = {code: int(np.flatnonzero(codes[rows] == code).max()) for code in images}
     arrays: dict[int, np.ndarray] = {}
     for start in range(0, len(rows), batch_size):
@@ -38,8 +39,7 @@ def _stream(
             batch[j] = crop_resize(arrays[code], cx, cy, sides[code], out_px)
         for code in [c for c in arrays if last[c] < stop]:
             del arrays[code]
-            if hasattr(images[code].source, "release"):
-                images[code].source.release()
+            images[code].close()
         yield batch
 
 
@@ -74,8 +74,9 @@ def extract_patches(
         Only the spots of this slide; default: all spots.
     image
         Which image to cut from. ``"auto"``: the full-resolution file ``metadata['fullres_path']`` when recorded
-        (opened with :class:`storm.io.LazyImage`), else ``images['hires']``, else ``images['lowres']``. Or name one:
-        ``"fullres"``, ``"hires"``, ``"lowres"``.
+        (opened with :class:`storm.io.LazyImage`, or for a whole-slide image such as :func:`storm.io.read_wsi` records,
+        read tile by tile from the pyramid level nearest ``size_um / out_px`` µm per pixel), else ``images['hires']``,
+        else ``images['lowres']``. Or name one: ``"fullres"``, ``"hires"``, ``"lowres"``.
     library_key
         Column of ``adata.obs`` that names each spot's slide.
 
@@ -122,12 +123,15 @@ def extract_patches(
         lib = libs[code]
         slide_rows = np.flatnonzero(codes == code)
         scale = slide_scale(adata, lib, slide_rows, xy)
-        img = slide_image(adata, lib, image)
-        pix = xy[slide_rows] * img.scalef
+        img = slide_image(adata, lib, image, downsample=size_um / out_px / scale.microns_per_pixel)
+        centres[slide_rows] = img.centres(xy[slide_rows])  # continuous coordinates (pixel i spans [i, i + 1))
         check_coordinates_in_image(
-            pix, img.shape, library_id=lib, image_name=img.name, obs_names=adata.obs_names[slide_rows]
+            centres[slide_rows] - 0.5,
+            img.shape,
+            library_id=lib,
+            image_name=img.name,
+            obs_names=adata.obs_names[slide_rows],
         )
-        centres[slide_rows] = pix + 0.5  # pixel index → continuous coordinate (pixel i spans [i, i + 1))
         sides[code] = size_um / scale.microns_per_pixel * img.scalef
         images[code] = img
         logger.info(

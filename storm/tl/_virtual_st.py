@@ -4,7 +4,9 @@ The tissue is found on a thumbnail, cut into a grid of ``tile_um`` tiles, and th
 of tile rows: each band's tiles are cut, encoded and dropped before the next band is read. What is kept per tile is
 its image feature vector and, at the end, its prediction, so working memory does not grow with the slide (the
 decoded image itself is the one exception for formats that can only be decoded whole, such as JPEG; ``.npy`` files
-and numpy arrays, memory-mapped ones included, are read band by band).
+and numpy arrays, memory-mapped ones included, are read band by band; whole-slide images (SVS, pyramidal TIFF, …,
+:func:`storm.io.read_wsi`) are read from the pyramid level nearest the model's patch resolution, one region per batch
+of tiles, so memory stays flat in the slide's size).
 """
 
 from __future__ import annotations
@@ -37,6 +39,20 @@ class _Bands:
 
     path: str | None = None
     shape: tuple[int, int]
+    #: full-resolution px per px read (a whole-slide image is read at a coarser pyramid level when that suffices)
+    downsample: float = 1.0
+    #: µm per pixel from the file's metadata, where it has one
+    microns_per_pixel: float | None = None
+    #: read one region per batch of tiles instead of whole bands (memory flat in the slide's width)
+    by_region: bool = False
+
+    @property
+    def base_shape(self) -> tuple[int, int]:
+        """``(height, width)`` at full resolution."""
+        return self.shape
+
+    def use_downsample(self, downsample: float) -> None:
+        """Read from the pyramid level nearest ``downsample`` where there is one (a no-op for plain images)."""
 
     def read(self, y0: int, y1: int) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -111,6 +127,40 @@ class _PILBands(_Bands):
         self.image.release()
 
 
+class _SlideBands(_Bands):
+    """A whole-slide image (:class:`storm.io.WholeSlideImage`) read at one pyramid level, region by region."""
+
+    by_region = True
+
+    def __init__(self, path: Path) -> None:
+        from storm._wsi_reader import WholeSlideImage
+
+        self.path = str(path)
+        self.wsi = WholeSlideImage(path)
+        self.microns_per_pixel = self.wsi.microns_per_pixel
+        self.level = 0
+        self.shape = self.wsi.shape
+
+    @property
+    def base_shape(self) -> tuple[int, int]:
+        return self.wsi.shape
+
+    def use_downsample(self, downsample: float) -> None:
+        self.level = self.wsi.best_level(downsample)
+        self.downsample = self.wsi.level_downsamples[self.level]
+        self.shape = self.wsi.level_shapes[self.level]
+
+    def read(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        return self.wsi.read(self.level, y0, y1, x0, self.shape[1] if x1 is None else x1)
+
+    def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
+        thumb, scale = self.wsi.thumbnail(max_side)
+        return thumb, scale * self.downsample  # thumbnail px per px of the level read
+
+    def close(self) -> None:
+        self.wsi.close()
+
+
 def _check_rgb(array: np.ndarray, what: str) -> None:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"{what} must be a uint8 (height, width, 3) RGB array, got {array.dtype} {array.shape}.")
@@ -123,7 +173,11 @@ def _open(image: Any) -> _Bands:
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"No image file at {path}: pass the path of the slide's H&E image.")
-        return _NpyBands(path) if path.suffix.lower() == ".npy" else _PILBands(path)
+        from storm._wsi_reader import is_whole_slide
+
+        if path.suffix.lower() == ".npy":
+            return _NpyBands(path)
+        return _SlideBands(path) if is_whole_slide(path) else _PILBands(path)
     from storm.io import LazyImage
 
     if isinstance(image, LazyImage):
@@ -243,16 +297,18 @@ def virtual_st(
     ----------
     image_or_adata
         An AnnData whose ``uns['spatial'][library_id]['metadata']['fullres_path']`` names the full-resolution H&E
-        (scale from ``scalefactors['microns_per_pixel']``, else fitted from its spots); or the image itself: a file
-        path (JPEG/PNG/TIFF via PIL, or a ``.npy`` uint8 ``(height, width, 3)`` array read band by band), a
-        :class:`storm.io.LazyImage` or a uint8 RGB array (then ``microns_per_pixel`` is required). Not modified.
+        (scale from ``scalefactors['microns_per_pixel']``, else fitted from its spots), such as
+        :func:`storm.io.read_wsi` returns; or the image itself: a file path (a whole-slide image read tile by tile,
+        with its own µm per pixel; JPEG/PNG/small TIFF via PIL; or a ``.npy`` uint8 ``(height, width, 3)`` array read
+        band by band), a :class:`storm.io.LazyImage` or a uint8 RGB array (then ``microns_per_pixel`` is required).
+        Not modified.
     head
         A trained :class:`storm.nn.ExpressionHead` (:func:`storm.tl.train_expression_head`).
     model
         The :class:`storm.models.StormModel` the head was trained on; default the embedded storm-mini.
     microns_per_pixel
-        µm per pixel of the image (overrides the AnnData's). For a downscaled copy of a slide, the original value
-        times the downscaling factor: tiles then cover the same tissue.
+        µm per full-resolution pixel of the image (overrides the AnnData's and a whole-slide file's own). For a
+        downscaled copy of a slide, the original value times the downscaling factor: tiles then cover the same tissue.
     library_id
         Which slide of an AnnData (needed when ``uns['spatial']`` holds several); the id of the result otherwise.
     tile_um
@@ -282,7 +338,8 @@ def virtual_st(
         tile side) and ``metadata``
         (``platform='tiles'``, ``fullres_shape``, ``fullres_path`` where there is a file); ``uns['virtual_st']``
         with ``params`` (``tile_um``, ``tissue_threshold``, ``min_tissue_fraction``, ``context_step_tiles``,
-        ``encoder``, ``features``, ``stain_normalized``) and ``timing``. Ready for :func:`storm.pl.expression_maps` and
+        ``encoder``, ``features``, ``stain_normalized``, ``level_downsample``: full-resolution px per px of the pyramid
+        level read, 1 for plain images) and ``timing``. Ready for :func:`storm.pl.expression_maps` and
         :func:`storm.pl.spatial`.
 
     Raises
@@ -318,13 +375,20 @@ def virtual_st(
     else:
         reader, mpp = _open(image_or_adata), microns_per_pixel
         library_id = library_id or (Path(reader.path).stem if reader.path else "slide")
+    if mpp is None:
+        mpp = reader.microns_per_pixel  # a whole-slide file's own metadata
     if mpp is None or not np.isfinite(mpp) or mpp <= 0:
         reader.close()
         raise ValueError(
             f"No physical scale for the image: pass microns_per_pixel= (µm per pixel; got {mpp!r}). HER2ST and "
             "Visium full-resolution scans are about 0.3–0.8 µm/px."
         )
-    mpp = float(mpp)
+    # a whole-slide image is read at its pyramid level nearest the model's patch resolution; below, pixels are the
+    # level's (ds full-resolution px each) until the tiles' positions are written back in full-resolution pixels
+    mpp_full = float(mpp)
+    reader.use_downsample(model.config.size_um / model.config.patch_px / mpp_full)
+    ds = float(reader.downsample)
+    mpp = mpp_full * ds
     height, width = reader.shape
     pitch = tile_um / mpp
     side = model.config.size_um / mpp
@@ -356,7 +420,8 @@ def virtual_st(
     n = len(rr)
     centres = np.stack([(cc + 0.5) * pitch, (rr + 0.5) * pitch], axis=1)  # continuous (x, y)
     logger.info(
-        f"virtual_st: {width}×{height} px at {mpp:.3f} µm/px; {n:,} tissue tiles of {tile_um:g} µm "
+        f"virtual_st: {width}×{height} px at {mpp:.3f} µm/px"
+        f"{f' (a pyramid level, downsample {ds:.3g})' if ds != 1 else ''}; {n:,} tissue tiles of {tile_um:g} µm "
         f"({pitch:.1f} px) on a {n_cols}×{n_rows} grid (saturation threshold {thr:.3f})"
     )
 
@@ -386,6 +451,14 @@ def virtual_st(
                 continue
             y0 = max(0, int(np.floor(rr[idx[0]] * pitch - margin)))
             y1 = min(height, int(np.ceil((rr[idx[-1]] + 1) * pitch + margin)))
+            if reader.by_region:  # whole slide: one region per batch of tiles, column by column
+                idx = idx[np.argsort(cc[idx], kind="stable")]
+                for s0 in range(0, len(idx), batch_size):
+                    part = idx[s0 : s0 + batch_size]
+                    x0 = max(0, int(np.floor(cc[part].min() * pitch - margin)))
+                    x1 = min(width, int(np.ceil((cc[part].max() + 1) * pitch + margin)))
+                    yield part, crop_patches(reader.read(y0, y1, x0, x1), centres[part] - np.array([x0, y0]), side, px)
+                continue
             band = reader.read(y0, y1)
             for s0 in range(0, len(idx), batch_size):
                 part = idx[s0 : s0 + batch_size]
@@ -449,17 +522,19 @@ def virtual_st(
         index=pd.Index([f"{library_id}_tile_{r}_{c}" for r, c in zip(rr, cc, strict=True)]),
     )
     out = AnnData(X=pred, obs=obs, var=var_frame(head))
-    out.obsm["spatial"] = centres - 0.5  # continuous coordinate → pixel index, the obsm['spatial'] convention
-    metadata = {"platform": "tiles", "fullres_shape": [int(height), int(width)], "source": "storm.tl.virtual_st"}
+    # continuous level coordinate → full-resolution pixel index, the obsm['spatial'] convention
+    out.obsm["spatial"] = centres * ds - 0.5
+    base_h, base_w = reader.base_shape
+    metadata = {"platform": "tiles", "fullres_shape": [int(base_h), int(base_w)], "source": "storm.tl.virtual_st"}
     if reader.path:
         metadata["fullres_path"] = str(reader.path)
     out.uns["spatial"] = {
         library_id: {
             "images": {"hires": thumb},
             "scalefactors": {
-                "tissue_hires_scalef": float(sf),
-                "microns_per_pixel": mpp,
-                "spot_diameter_fullres": float(pitch),
+                "tissue_hires_scalef": float(sf) / ds,
+                "microns_per_pixel": mpp_full,
+                "spot_diameter_fullres": float(pitch) * ds,
             },
             "metadata": metadata,
         }
@@ -474,6 +549,7 @@ def virtual_st(
             "encoder": head.encoder.get("name"),
             "features": names,
             "stain_normalized": stain_target is not None,
+            "level_downsample": ds,
         },
         "timing": {"seconds": seconds, "tiles_per_second": n / max(seconds, 1e-9)},
     }

@@ -56,6 +56,8 @@ def save_slides(slides: list[SlideArrays], folder: str | os.PathLike, *, genes: 
             src = slide.patches
             arrays["centres"] = src.centres
             entry |= {"side_px": float(src.side_px), "image_name": src.name}
+            if src.level is not None:
+                entry["level"] = int(src.level)
             if src.path is not None:
                 if src.path not in images:  # slides of one image share the copy
                     images[src.path] = f"image_{len(images):04d}{Path(src.path).suffix}"
@@ -94,7 +96,9 @@ def load_slides(folder: str | os.PathLike) -> tuple[list[SlideArrays], list[str]
                 location = (
                     {"path": str(folder / entry["image_file"])} if "image_file" in entry else {"array": z["image"]}
                 )
-                patches = PatchSource(z["centres"], entry["side_px"], name=entry["image_name"], **location)
+                patches = PatchSource(
+                    z["centres"], entry["side_px"], name=entry["image_name"], level=entry.get("level"), **location
+                )
             slides.append(
                 SlideArrays(
                     entry["library_id"],
