@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import tifffile
-from _data import real
+from _data import TINY_NET, real
 
 import storm
 from storm._wsi_reader import WholeSlideImage, is_whole_slide
@@ -251,3 +251,45 @@ def test_non_rgb_and_unreadable_files(tmp_path):
     mrxs.write_bytes(b"[GENERAL]\n")
     with pytest.raises(ValueError, match="OpenSlide"):
         storm.io.read_wsi(mrxs)
+
+
+@pytest.fixture(scope="module")
+def tiny(c6):
+    """A tiny model and head (16-px patches: tiles are read from level 2 of the pyramid)."""
+    from storm.models import StormModel
+
+    model = StormModel.setup(c6, n_top_genes=50, net=TINY_NET, random_state=0)
+    head = storm.tl.train_expression_head(c6, n_top_genes=10, model=model, epochs=1, val_groups=(), progress=False)
+    return model, head
+
+
+def test_virtual_st_embed_and_bags_from_a_wsi_match_the_jpeg(c6, pyramid, tiny, tmp_path):
+    import matplotlib.pyplot as plt
+
+    model, head = tiny
+    slide = storm.io.read_wsi(pyramid)
+    tiles = storm.tl.virtual_st(slide, head, model=model, progress=False)
+    ref = storm.tl.virtual_st(c6, head, model=model, progress=False)
+    assert tiles.uns["virtual_st"]["params"]["level_downsample"] == pytest.approx(4.0, rel=1e-3)
+    assert ref.uns["virtual_st"]["params"]["level_downsample"] == 1.0
+    entry = tiles.uns["spatial"]["C6"]
+    assert entry["metadata"]["fullres_shape"] == [9907, 9288]
+    assert entry["scalefactors"]["microns_per_pixel"] == pytest.approx(
+        c6.uns["spatial"]["C6"]["scalefactors"]["microns_per_pixel"]
+    )
+    # the same tile grid (tissue found on two different thumbnails: nearly the same tiles)
+    common = tiles.obs_names.intersection(ref.obs_names)
+    assert len(common) > 0.95 * max(tiles.n_obs, ref.n_obs)
+    np.testing.assert_allclose(tiles[common].obsm["spatial"], ref[common].obsm["spatial"], atol=1.0)
+    r = [np.corrcoef(a, b)[0, 1] for a, b in zip(tiles[common].X.T, ref[common].X.T, strict=True)]
+    # not identical: 16-px patches from the area-averaged level 2 vs PIL's bilinear shrink of the full resolution
+    # (mean |Δ| ≈ 7/255, test_patches_come_from_the_level_nearest_the_asked_resolution) through a one-epoch head
+    assert np.median(r) > 0.6, np.median(r)
+    # the tiles embed from the WSI (image mode reads its level-2 tiles), make bags, and plot over the thumbnail
+    storm.tl.embed(tiles, model, mode="image", accelerator="cpu")
+    (bag,) = storm.tl.slide_features({"C6": tiles})
+    assert bag["image"].shape == (tiles.n_obs, model.dim)
+    assert bag["expression"].shape == (tiles.n_obs, len(head.genes))
+    storm.pl.expression_maps(tiles, head.genes[:1], show=False, save=tmp_path / "map.png")
+    plt.close("all")
+    assert (tmp_path / "map.png").stat().st_size > 0
