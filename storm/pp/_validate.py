@@ -147,8 +147,14 @@ def check_libraries(adata: AnnData, library_key: str = "library_id") -> tuple[li
             return [str(known[0])], np.zeros(adata.n_obs, dtype=np.int64)
         raise ValueError(
             f"No `adata.obs[{library_key!r}]` and {len(known)} slides in `adata.uns['spatial']` "
-            f"({_examples(known) if known else 'none'}): cannot tell which spot belongs to which slide. Set "
-            f"`adata.obs[{library_key!r}]` to the `uns['spatial']` key of each spot's slide."
+            f"({_examples(known) if known else 'none'}): cannot tell which spot belongs to which slide. "
+            + (
+                "Declare the slide in one call: `storm.pp.set_slide(adata, platform='merfish', microns_per_pixel=1.0, "
+                "library_id='s1')` (µm per unit of `obsm['spatial']`; your platform and id)."
+                if not known
+                else f"Set `adata.obs[{library_key!r}]` to the `uns['spatial']` key of each spot's slide (or declare "
+                "each slide with `storm.pp.set_slide(adata, platform=..., microns_per_pixel=..., library_id=...)`)."
+            )
         )
     col = adata.obs[library_key]
     if col.isna().any():
