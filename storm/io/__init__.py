@@ -3,6 +3,7 @@
 from storm._wsi_reader import WholeSlideImage
 
 from ._cosmx import read_cosmx
+from ._hest import hest_samples, read_hest
 from ._image import LazyImage, read_image
 from ._legacy_st import read_legacy_st
 from ._merscope import read_merscope
@@ -16,8 +17,10 @@ from ._xenium import read_xenium
 __all__ = [
     "LazyImage",
     "WholeSlideImage",
+    "hest_samples",
     "r_to_pandas",
     "read_cosmx",
+    "read_hest",
     "read_image",
     "read_legacy_st",
     "read_merscope",

@@ -4,7 +4,16 @@ Imports torch, lightning and numpy only (AnnData is read by :mod:`storm.models`,
 :func:`pretrain`), so that training nodes need no single-cell stack to import it.
 """
 
-from ._config import DataConfig, GenesConfig, OptimConfig, PretrainConfig, ProbeConfig, SetupConfig, TrainerConfig
+from ._config import (
+    DataConfig,
+    GenesConfig,
+    HestConfig,
+    OptimConfig,
+    PretrainConfig,
+    ProbeConfig,
+    SetupConfig,
+    TrainerConfig,
+)
 from ._data import PatchCache, PatchSource, SlideArrays
 from ._datamodule import StormDataModule
 from ._dataset import SlideBlockSampler, WindowDataset
@@ -20,6 +29,7 @@ __all__ = [
     "DataConfig",
     "DomainProbe",
     "GenesConfig",
+    "HestConfig",
     "OptimConfig",
     "PatchCache",
     "PatchSource",
