@@ -288,7 +288,8 @@ def virtual_st(
     min_tissue_fraction: float = 0.5,
     batch_size: int = 256,
     band_tiles: int = 8,
-    accelerator: str = "auto",
+    embedding_key: str | None = None,
+    accelerator: str | torch.device = "auto",
     progress: bool = True,
 ) -> AnnData:
     """Predict expression over a whole slide: detect tissue, tile it at ``tile_um``, predict every tile (streamed).
@@ -322,8 +323,11 @@ def virtual_st(
         Tiles per forward pass.
     band_tiles
         Tile rows read and encoded per band (memory: one band of the image, ``band_tiles · tile`` pixels high).
+    embedding_key
+        Also keep each tile's STORM embedding (H&E mode: the centre token of its window of tiles, the features the
+        head reads) in ``obsm[embedding_key]``; ``None``: do not keep it.
     accelerator
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
     progress
         Show progress bars.
 
@@ -333,10 +337,10 @@ def virtual_st(
         One observation per tissue tile, named ``{library_id}_tile_{row}_{col}``: ``X`` float32 predicted ``log1p``
         normalised expression; ``var`` the head's genes with ``var['val_pearson']``; ``obs['array_row']``,
         ``obs['array_col']`` (tile grid), ``obs['tissue_fraction']``, ``obs['library_id']``; ``obsm['spatial']`` tile
-        centres (x, y) in full-resolution pixels; ``uns['spatial'][library_id]`` with ``images['hires']`` (the
-        thumbnail), ``scalefactors`` (``tissue_hires_scalef``, ``microns_per_pixel``, ``spot_diameter_fullres`` = the
-        tile side) and ``metadata``
-        (``platform='tiles'``, ``fullres_shape``, ``fullres_path`` where there is a file); ``uns['virtual_st']``
+        centres (x, y) in full-resolution pixels; ``obsm[embedding_key]`` where asked; ``uns['spatial'][library_id]``
+        with ``images['hires']`` (the thumbnail), ``scalefactors`` (``tissue_hires_scalef``, ``microns_per_pixel``,
+        ``spot_diameter_fullres`` = the tile side) and ``metadata`` (``platform='tiles'``, ``fullres_shape``,
+        ``fullres_path`` where there is a file); ``uns['virtual_st']``
         with ``params`` (``tile_um``, ``tissue_threshold``, ``min_tissue_fraction``, ``context_step_tiles``,
         ``encoder``, ``features``, ``stain_normalized``, ``level_downsample``: full-resolution px per px of the pyramid
         level read, 1 for plain images) and ``timing``. Ready for :func:`storm.pl.expression_maps` and
@@ -487,6 +491,7 @@ def virtual_st(
             step = max(1, round(pitch_um / tile_um)) if np.isfinite(pitch_um) else 1
             offsets = _grid_offsets("st", int(model.config.window))[: module.config.window_size]
             pred = np.zeros((n, len(head.genes)), dtype=np.float32)
+            embedding = None  # allocated at the first batch, at the embedding's width
             for s0 in tqdm(range(0, n, batch_size), desc="virtual_st: predict", unit="batch", disable=not progress):
                 sl = slice(s0, min(n, s0 + batch_size))
                 nr = rr[sl, None] + offsets[None, :, 0].astype(np.int64) * step
@@ -500,12 +505,14 @@ def virtual_st(
                 img = torch.from_numpy(feat[np.maximum(index, 0)]).to(device) * valid_t.unsqueeze(-1)
                 batch = {BatchKeys.OFFSETS: torch.from_numpy(off).to(device), BatchKeys.POS_MASK: valid_t}
                 batch[BatchKeys.IMAGE] = img
-                blocks = []
-                for name in names:
-                    if name == "storm":
-                        blocks.append(module.embed(batch, use_image=True, use_expression=False).float().cpu())
-                    else:
-                        blocks.append(torch.from_numpy(stain_feat[sl]))
+                tokens = None
+                if "storm" in names or embedding_key:
+                    tokens = module.embed(batch, use_image=True, use_expression=False).float().cpu()
+                if embedding_key:
+                    if embedding is None:
+                        embedding = np.zeros((n, tokens.shape[1]), dtype=np.float32)
+                    embedding[sl] = tokens.numpy()
+                blocks = [tokens if name == "storm" else torch.from_numpy(stain_feat[sl]) for name in names]
                 pred[sl] = predict_with_head(head, torch.cat(blocks, dim=1), device=device).numpy()
     finally:
         reader.close()
@@ -524,6 +531,8 @@ def virtual_st(
     out = AnnData(X=pred, obs=obs, var=var_frame(head))
     # continuous level coordinate → full-resolution pixel index, the obsm['spatial'] convention
     out.obsm["spatial"] = centres * ds - 0.5
+    if embedding is not None:
+        out.obsm[embedding_key] = embedding
     base_h, base_w = reader.base_shape
     metadata = {"platform": "tiles", "fullres_shape": [int(base_h), int(base_w)], "source": "storm.tl.virtual_st"}
     if reader.path:
