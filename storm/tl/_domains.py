@@ -11,6 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from storm._logging import logger
+from storm.tl._spatialdata import is_spatialdata, table_of
 from storm.tl._utils import as_adata_list, clean_params, elapsed, get_rep, save_data, start_timer
 
 _Method = Literal["kmeans", "gmm", "leiden"]
@@ -206,6 +207,7 @@ def domains(
     n_neighbors: int = 15,
     resolution: float | None = None,
     library_key: str = "library_id",
+    table_key: str | None = None,
     copy: bool = False,
     **kwargs: Any,
 ) -> AnnData | list[AnnData] | None:
@@ -226,7 +228,8 @@ def domains(
     Parameters
     ----------
     adata
-        AnnData with the embedding in ``obsm[use_rep]`` (from :func:`storm.tl.embed`), or a list of them.
+        AnnData with the embedding in ``obsm[use_rep]`` (from :func:`storm.tl.embed`), or a list of them, or a
+        :class:`spatialdata.SpatialData` whose table holds it (the domains are written into that table).
     n_domains
         Number of domains K. Required for ``"kmeans"`` and ``"gmm"``; for ``"leiden"`` the resolution is searched by
         bisection until K domains are found (the resolution reached is logged and stored), and without it Leiden
@@ -251,6 +254,8 @@ def domains(
         Leiden resolution, when ``n_domains`` is not given.
     library_key
         Column of ``obs`` with the slide id; recorded in the parameters (clustering is over all slides together).
+    table_key
+        SpatialData only: which table (default: the only one).
     copy
         Return a copy (a list of copies for a list) instead of writing into ``adata``.
     **kwargs
@@ -282,6 +287,8 @@ def domains(
     >>> storm.pl.domains(adata, groundtruth="layer")  # doctest: +SKIP
     """
     start = start_timer()
+    if is_spatialdata(adata):
+        adata = table_of(adata, table_key)
     adatas, is_list = as_adata_list(adata)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")

@@ -11,6 +11,7 @@ from anndata import AnnData
 
 from storm._logging import logger
 from storm.pp._scale import is_he_image
+from storm.tl._spatialdata import is_spatialdata, run_on_table
 from storm.tl._utils import as_adata_list, clean_params, elapsed, save_data, start_timer
 
 _Mode = Literal["auto", "joint", "image", "expression"]
@@ -148,6 +149,8 @@ def embed(
     accelerator: str = "auto",
     library_key: str = "library_id",
     context: bool = True,
+    table_key: str | None = None,
+    image_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | list[AnnData] | None:
     """Embed every spot with the frozen STORM model: the centre token of its spatial window (paper, §Embeddings).
@@ -162,6 +165,9 @@ def embed(
         ``uns['spatial'][library_id]['images']`` (squidpy layout). Several slides are told apart by
         ``obs[library_key]``; windows never cross slides. A list of AnnData is embedded one by one with the same
         model, so their embeddings share one space (cluster them together with :func:`storm.tl.domains`).
+        Or a :class:`spatialdata.SpatialData`: its table (which records its slide in ``uns['spatial']``, e.g. by
+        :func:`storm.pp.set_slide`) is embedded with its image element, placed by the two elements' transformations
+        (a uniform scale and a shift), and the results are written into the table.
     model
         A :class:`storm.models.StormModel`, or any object with ``embed(adata, mode=, batch_size=, accelerator=,
         library_key=) -> ndarray`` and ``name`` / ``version`` attributes. ``None`` loads the model shipped with
@@ -183,8 +189,11 @@ def embed(
     context
         ``False``: each spot's window holds only the spot itself (the paper's "no spatial context" ablation, same
         weights); passed to ``model.embed`` only then.
+    table_key, image_key
+        SpatialData only: which table and image element (default: the only one).
     copy
-        Return a copy (or a list of copies) instead of writing into ``adata``.
+        Return a copy (or a list of copies; for a SpatialData, its table with the results) instead of writing into
+        ``adata``.
 
     Returns
     -------
@@ -213,6 +222,23 @@ def embed(
     >>> storm.tl.embed(adata)  # doctest: +SKIP
     >>> storm.tl.domains(adata, n_domains=7)  # doctest: +SKIP
     """
+    if is_spatialdata(adata):
+        return run_on_table(
+            embed,
+            adata,
+            model,
+            table_key=table_key,
+            image_key=image_key,
+            need_image=mode in ("joint", "image"),
+            copy=copy,
+            writes={"obsm": [key_added, f"{key_added}_niche"], "uns": [key_added]},
+            mode=mode,
+            key_added=key_added,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            library_key=library_key,
+            context=context,
+        )
     start = start_timer()
     adatas, is_list = as_adata_list(adata)
     if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:

@@ -289,6 +289,9 @@ def virtual_st(
     batch_size: int = 256,
     band_tiles: int = 8,
     embedding_key: str | None = None,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    key_added: str = "virtual_st",
     accelerator: str | torch.device = "auto",
     progress: bool = True,
 ) -> AnnData:
@@ -302,7 +305,9 @@ def virtual_st(
         :func:`storm.io.read_wsi` returns; or the image itself: a file path (a whole-slide image read tile by tile,
         with its own µm per pixel; JPEG/PNG/small TIFF via PIL; or a ``.npy`` uint8 ``(height, width, 3)`` array read
         band by band), a :class:`storm.io.LazyImage` or a uint8 RGB array (then ``microns_per_pixel`` is required).
-        Not modified.
+        Not modified. Or a :class:`spatialdata.SpatialData`: its image element is tiled (read lazily, band by band;
+        µm per pixel from the table's slide record and the elements' transformations, or ``microns_per_pixel``) and
+        the tiles are added to it as the table ``key_added`` and the circles ``f"{key_added}_tiles"``.
     head
         A trained :class:`storm.nn.ExpressionHead` (:func:`storm.tl.train_expression_head`).
     model
@@ -326,6 +331,11 @@ def virtual_st(
     embedding_key
         Also keep each tile's STORM embedding (H&E mode: the centre token of its window of tiles, the features the
         head reads) in ``obsm[embedding_key]``; ``None``: do not keep it.
+    table_key, image_key
+        SpatialData only: which table (for the scale) and image element (default: the only one).
+    key_added
+        SpatialData only: name of the table added to it (the tile circles, with the image's transformations, are the
+        shapes element ``f"{key_added}_tiles"``).
     accelerator
         ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
     progress
@@ -374,8 +384,16 @@ def virtual_st(
         raise ValueError(f"min_tissue_fraction must be in [0, 1], got {min_tissue_fraction}.")
     model = resolve_model(model)
     check_head(head, model)
+    from storm.tl._spatialdata import add_tiles, is_spatialdata, slide_of_spatialdata
+
+    sdata = image_or_adata if is_spatialdata(image_or_adata) else None
     if isinstance(image_or_adata, AnnData):
         reader, library_id, mpp = _from_adata(image_or_adata, library_id, microns_per_pixel)
+    elif sdata is not None:
+        pixels, mpp, lib, sdata_info = slide_of_spatialdata(
+            sdata, table_key=table_key, image_key=image_key, microns_per_pixel=microns_per_pixel, key_added=key_added
+        )
+        reader, library_id = _ArrayBands(pixels), library_id or lib or sdata_info["image_key"]
     else:
         reader, mpp = _open(image_or_adata), microns_per_pixel
         library_id = library_id or (Path(reader.path).stem if reader.path else "slide")
@@ -563,4 +581,6 @@ def virtual_st(
         "timing": {"seconds": seconds, "tiles_per_second": n / max(seconds, 1e-9)},
     }
     logger.info(f"virtual_st: finished ({elapsed(start)}): {n:,} tiles × {out.n_vars:,} genes")
+    if sdata is not None:
+        add_tiles(sdata, out, sdata_info, key_added)
     return out
