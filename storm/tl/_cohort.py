@@ -48,8 +48,9 @@ def read_cohort(cohort: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     Parameters
     ----------
     cohort
-        A CSV file or a DataFrame. ``path`` is the slide's image (relative paths are relative to the CSV's folder);
-        ``microns_per_pixel`` is optional (empty: the file's own metadata). Other columns are ignored.
+        A CSV file or a DataFrame. ``path`` is the slide's image (relative paths are relative to the CSV's folder, or
+        to the working directory for a DataFrame); ``microns_per_pixel`` is optional (empty: the file's own
+        metadata). Other columns (e.g. the clinical ones) are ignored.
 
     Returns
     -------
