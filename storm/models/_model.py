@@ -14,14 +14,13 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from storm._logging import logger
-from storm.models._adapt import adapt
+from storm._slide_data import SlideArrays
 from storm.models._checkpoint import read_checkpoint, resolve_pretrained, write_checkpoint
 from storm.models._config import StormModelConfig, window_positions
 from storm.models._prepare import panel_coverage, pca_loadings, prepare_slides, select_genes
 from storm.nn import ExpressionEncoder, StormNetConfig, StormPretrainModel
 from storm.pp._stain import StainProfile, fit_stain_profile, normalize_stain
 from storm.pp._stain_profile import N_PATCHES, sample_rows
-from storm.train._data import SlideArrays
 
 __all__ = ["StormModel", "resolve_device"]
 
@@ -277,9 +276,6 @@ class StormModel:
             ``fraction_used`` (of ``adata``'s genes) and ``fraction_of_model`` (of the model's gene list).
         """
         return panel_coverage(adata.var_names, self.config.genes)
-
-    # ------------------------------------------------------------------ adaptation
-    adapt = adapt  # storm.models._adapt.adapt, with ``self`` as its ``model``: one signature, one docstring
 
     # ------------------------------------------------------------------ inference
     def embed(

@@ -16,6 +16,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from storm._logging import logger
+from storm._slide_data import PatchSource, SlideArrays
 from storm.io._spatial import to_rgb_uint8
 from storm.models._config import StormModelConfig
 from storm.pp import harmonize_genes, normalize, patch_scale, spatial_windows
@@ -27,7 +28,6 @@ from storm.pp._validate import (
     check_spatial,
     get_matrix,
 )
-from storm.train._data import PatchSource, SlideArrays
 
 __all__ = [
     "has_counts",
