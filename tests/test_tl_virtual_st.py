@@ -11,6 +11,7 @@ from _data import TINY_NET, real
 from PIL import Image
 
 import storm
+from storm._files import write_manifest
 from storm.models import StormModel
 from storm.nn import ExpressionHead
 from storm.tl._expression_head import split_by_group
@@ -130,10 +131,23 @@ def test_head_save_load_and_refusals(head, model, adata, tmp_path):
     cfg = json.loads((folder / "head.json").read_text())
     cfg["surprise"] = 1
     (folder / "head.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"head.json is refused: its sha256"):
+        ExpressionHead.load(folder)
+    write_manifest(folder, ["head.json", "head.safetensors"])  # checksums that match: the contents are judged
     with pytest.raises(ValueError, match="unknown keys"):
         ExpressionHead.load(folder)
     with pytest.raises(ValueError, match="no gene list"):
         storm.tl.predict_expression(adata, ExpressionHead(4, 2), model=model)
+
+
+def test_head_json_with_reordered_genes_is_refused(head, tmp_path):
+    """Same genes in another order would put each prediction under another gene's name."""
+    folder = head.save(tmp_path / "head")
+    cfg = json.loads((folder / "head.json").read_text())
+    cfg["genes"] = cfg["genes"][::-1]
+    (folder / "head.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    with pytest.raises(ValueError, match=r"head.json is refused: its sha256 .* SHA256SUMS"):
+        ExpressionHead.load(folder)
 
 
 def test_predict_expression_layout_and_bad_input(head, model, adata):
