@@ -77,8 +77,9 @@ def read_saved_folder(
 
     The checks that every storm artefact on disk (models, expression heads) gets before its weights are read: both
     files exist and match their sha256 in the folder's ``SHA256SUMS`` (:func:`verify_manifest`: a reordered gene
-    list in the description is as wrong as flipped weights), the JSON parses and carries ``"format": fmt``, no key is unknown, its ``format_version`` is not newer
-    than this storm's, and the weights file's sha256 equals the recorded one.
+    list in the description is as wrong as flipped weights), the JSON parses and carries ``"format": fmt``, no key
+    is unknown, its ``format_version`` is not newer than this storm's, and the weights file's sha256 equals the
+    recorded one.
 
     Parameters
     ----------

@@ -9,8 +9,8 @@ import pytest
 import torch
 from _data import TINY_NET, real
 
-from storm.models import StormModel, StormModelConfig, resolve_device
 from storm._files import write_manifest
+from storm.models import StormModel, StormModelConfig, resolve_device
 from storm.models._checkpoint import EMBEDDED_MODELS
 from storm.nn import StormNetConfig
 from storm.train import WindowDataset

@@ -22,11 +22,13 @@ TOP = {"storm", "storm.__main__"}
 
 
 def module_name(path: Path) -> str:
+    """Dotted name of a file of ``storm/`` (a package's ``__init__`` is the package)."""
     parts = path.relative_to(ROOT.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def modules() -> dict[str, Path]:
+    """Every module of ``storm/`` by dotted name."""
     return {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
 
@@ -52,18 +54,20 @@ def imports(path: Path, known: set[str]) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
+    """Map each module of storm to the modules of storm it imports."""
     mods = modules()
     known = set(mods)
     return {name: {t for t in imports(path, known) if t in known} for name, path in mods.items()}
 
 
 def rank(module: str) -> int:
+    """Layer rank of a module (0: below ``nn``)."""
     parts = module.split(".")
     return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
 
 
 def upward_imports(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
-    """(importer, imported) pairs where a module imports a layer above its own."""
+    """Return the (importer, imported) pairs where a module imports a layer above its own."""
     return sorted((a, b) for a, targets in edges.items() if a not in TOP for b in targets if rank(b) > rank(a))
 
 
@@ -103,6 +107,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def main() -> int:
+    """Print the package graph, the upward imports and the cycles; 1 if there is any."""
     edges = graph()
     by_package: dict[str, set[str]] = defaultdict(set)
     for a, targets in edges.items():

@@ -2,8 +2,8 @@
 
     python tools/ship_model.py runs/storm-mini --name storm-mini --config storm/train/configs/storm_mini.yaml
 
-Writes storm/models/weights/<name>/: model.safetensors, config.json and SHA256SUMS (as saved by the run), training_metrics.csv
-(the run's loss log) and MODEL_CARD.md, whose figures are all read from those files.
+Writes storm/models/weights/<name>/: model.safetensors, config.json and SHA256SUMS (as saved by the run),
+training_metrics.csv (the run's loss log) and MODEL_CARD.md, whose figures are all read from those files.
 """
 
 from __future__ import annotations

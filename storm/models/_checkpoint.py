@@ -200,7 +200,7 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
         raise FileNotFoundError(
             f"No local folder {repo_id!r} exists (in {Path.cwd()}), and {repo_id!r} cannot be had from the Hugging "
             f"Face Hub: {why} ({type(err).__name__}). For a local model, check the path. Download it where the "
-            f"Hub is reachable (`hf download {repo_id} {WEIGHTS_FILE} {CONFIG_FILE} {MANIFEST_FILE} --local-dir DIR`), copy DIR here "
-            "and pass its path; or use the embedded model (`StormModel.from_pretrained()`)."
+            f"Hub is reachable (`hf download {repo_id} {WEIGHTS_FILE} {CONFIG_FILE} {MANIFEST_FILE} --local-dir DIR`), "
+            "copy DIR here and pass its path; or use the embedded model (`StormModel.from_pretrained()`)."
         ) from err
     return Path(folder)

@@ -573,8 +573,8 @@ class StormModel:
         ----------
         name_or_path
             ``None`` (or ``"storm-mini"``): the model shipped with storm; a folder saved by :meth:`save`; or a Hub
-            repository id ``"owner/name"`` holding ``model.safetensors``, ``config.json`` and ``SHA256SUMS`` (only those are
-            downloaded; ``HF_HUB_OFFLINE=1`` uses the local cache only).
+            repository id ``"owner/name"`` holding ``model.safetensors``, ``config.json`` and ``SHA256SUMS`` (only
+            those are downloaded; ``HF_HUB_OFFLINE=1`` uses the local cache only).
         revision
             Hub branch, tag or commit.
 
