@@ -377,24 +377,19 @@ def test_val_groups_given_as_one_string_is_one_group():
     assert split_by_group(["C3", "C4", "C5"], val_groups="C3") == (["C4", "C5"], ["C3"])
 
 
-def test_train_expression_head_warns_on_a_lowres_only_slide(adata, caplog):
+def test_train_expression_head_warns_on_a_lowres_only_slide(adata, storm_log):
     """55 µm at the low-resolution image's 0.17 scale are 13 px for a 64-px patch: colour, not morphology."""
-    from storm._logging import logger
-
     model64 = StormModel.setup(adata, n_top_genes=60, net=TINY_NET | {"patch_px": 64}, random_state=0)
     lowres_only = adata.copy()
     for entry in lowres_only.uns["spatial"].values():
         entry["images"] = {"lowres": entry["images"]["lowres"]}
         entry["metadata"] = {k: v for k, v in entry["metadata"].items() if k != "fullres_path"}
-    logger.addHandler(caplog.handler)
-    try:
-        kwargs = {"n_top_genes": 5, "model": model64, "epochs": 1, "val_groups": "bottom", "progress": False}
-        storm.tl.train_expression_head(adata, **kwargs)
-        assert "too coarse" not in caplog.text  # the hires image gives 44 px: fine
-        storm.tl.train_expression_head(lowres_only, **kwargs)
-    finally:
-        logger.removeHandler(caplog.handler)
-    assert re.search(r"train_expression_head: the image of slide\(s\) \['top', 'bottom'\] is too coarse", caplog.text)
+    kwargs = {"n_top_genes": 5, "model": model64, "epochs": 1, "val_groups": "bottom", "progress": False}
+    storm.tl.train_expression_head(adata, **kwargs)
+    assert "too coarse" not in storm_log.text  # the hires image gives 44 px: fine
+    storm.tl.train_expression_head(lowres_only, **kwargs)
+    expected = r"train_expression_head: the image of slide\(s\) \['top', 'bottom'\] is too coarse"
+    assert re.search(expected, storm_log.text)
 
 
 def test_predict_expression_refuses_a_head_whose_genes_no_longer_match(head, model, adata):

@@ -196,10 +196,10 @@ def lognorm_on_panel(
     X = get_matrix(adata, layer)
     var_names = match_genes(adata.var_names, genes, ignore_case=ignore_case)
     check_gene_overlap(var_names, pd.Index(genes))
-    _warn_if_not_counts(X, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
     light = _light(X, adata.n_obs, var_names)
     with _keep_torch_threads():
-        normalize(light, target_sum=target_sum, layer_added="lognorm")
+        normalize(light, target_sum=target_sum, layer_added="lognorm")  # checks the counts first (dtype, sign)
+    _warn_if_not_counts(X, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
     panel = harmonize_genes(_light(light.layers["lognorm"], adata.n_obs, var_names), genes)
     return sparse.csr_matrix(panel.X, dtype=np.float32), panel.var["measured"].to_numpy(dtype=bool)
 
