@@ -16,6 +16,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from storm._logging import logger
+from storm._slide_data import PatchSource, SlideArrays
 from storm.io._spatial import to_rgb_uint8
 from storm.models._config import StormModelConfig
 from storm.pp import harmonize_genes, normalize, patch_scale, spatial_windows
@@ -27,7 +28,6 @@ from storm.pp._validate import (
     check_spatial,
     get_matrix,
 )
-from storm.train._data import PatchSource, SlideArrays
 
 __all__ = [
     "has_counts",
@@ -196,10 +196,10 @@ def lognorm_on_panel(
     X = get_matrix(adata, layer)
     var_names = match_genes(adata.var_names, genes, ignore_case=ignore_case)
     check_gene_overlap(var_names, pd.Index(genes))
-    _warn_if_not_counts(X, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
     light = _light(X, adata.n_obs, var_names)
     with _keep_torch_threads():
-        normalize(light, target_sum=target_sum, layer_added="lognorm")
+        normalize(light, target_sum=target_sum, layer_added="lognorm")  # checks the counts first (dtype, sign)
+    _warn_if_not_counts(X, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
     panel = harmonize_genes(_light(light.layers["lognorm"], adata.n_obs, var_names), genes)
     return sparse.csr_matrix(panel.X, dtype=np.float32), panel.var["measured"].to_numpy(dtype=bool)
 

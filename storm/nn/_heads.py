@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from storm._files import file_sha256, read_saved_folder
+from storm._files import file_sha256, read_saved_folder, write_manifest
 
 __all__ = ["ExpressionHead", "fit_expression_head", "l1_l2_loss", "predict_with_head"]
 
@@ -159,6 +159,7 @@ class ExpressionHead(nn.Module):
             "weights": {"file": HEAD_WEIGHTS_FILE, "sha256": file_sha256(weights)},
         }
         (folder / HEAD_CONFIG_FILE).write_text(json.dumps(body, indent=1) + "\n")
+        write_manifest(folder, (HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE))
         return folder
 
     @classmethod

@@ -113,8 +113,11 @@ def check_counts(adata: AnnData, layer: str | None = None) -> None:
     X = get_matrix(adata, layer)
     values = X.data if sparse.issparse(X) else np.asarray(X)
     where = "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`"
-    if not np.issubdtype(values.dtype, np.number):
-        raise ValueError(f"{where} is not numeric ({values.dtype}).")
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise ValueError(
+            f"{where} holds {values.dtype} values, not numbers; counts must be a numeric matrix. Convert it, e.g. "
+            f"`adata.X = adata.X.astype(np.float32)` (values that do not convert are not counts)."
+        )
     n_bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
     if n_bad:
         raise ValueError(

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from storm._gmm import fit_gmm, reduce_rep
 from storm._logging import logger
 from storm.tl._spatialdata import is_spatialdata, table_of
 from storm.tl._utils import as_adata_list, clean_params, elapsed, get_rep, save_data, start_timer
@@ -50,42 +51,6 @@ def _kmeans(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs:
 
     kwargs.setdefault("n_init", 10)  # the paper's K-means; sklearn's "auto" would run k-means++ only once
     return KMeans(n_clusters=n_domains, random_state=random_state, **kwargs).fit_predict(rep)
-
-
-def fit_gmm(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs: Any) -> np.ndarray:
-    """Labels of a Gaussian mixture of ``n_domains`` components (tied covariance unless ``kwargs`` say otherwise)."""
-    from sklearn.mixture import GaussianMixture
-
-    # one covariance shared by all domains (mclust's "EEE", the usual choice for tissue domains): robust on a few
-    # hundred spots, where per-domain full covariances collapse, and it lets domains be elongated, unlike K-means
-    kwargs.setdefault("covariance_type", "tied")
-    kwargs.setdefault("n_init", 3)
-    reg_covar = kwargs.pop("reg_covar", 1e-6)
-    for attempt in range(4):
-        try:
-            gmm = GaussianMixture(n_components=n_domains, random_state=random_state, reg_covar=reg_covar, **kwargs)
-            return gmm.fit(rep).predict(rep)
-        except ValueError as err:  # sklearn: "ill-defined empirical covariance" when a component collapses
-            if "covariance" not in str(err) or attempt == 3:
-                raise
-            reg_covar *= 100
-            logger.warning(f"domains: GMM fit failed numerically; retrying with reg_covar={reg_covar:g}.")
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def reduce_rep(rep: np.ndarray, n_pcs: int | None, random_state: int | None) -> np.ndarray:
-    """Standardise each dimension, then keep the first ``n_pcs`` principal components (all dims if ``None``).
-
-    The standardisation stops one high-variance dimension from dominating the distances; the PCA drops the
-    low-variance dimensions whose noise blurs the domains and keeps the covariance of a GMM well conditioned.
-    """
-    std = rep.std(axis=0)
-    rep = (rep - rep.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    if n_pcs is None or n_pcs >= min(rep.shape):
-        return rep
-    from sklearn.decomposition import PCA
-
-    return PCA(n_components=n_pcs, random_state=random_state).fit_transform(rep)
 
 
 def _leiden_graph(rep: np.ndarray, n_neighbors: int, random_state: int | None) -> AnnData:

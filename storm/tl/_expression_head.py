@@ -18,6 +18,7 @@ from storm.tl._expression_features import (
     feature_spec,
     resolve_model,
     spot_features,
+    warn_if_too_coarse,
 )
 from storm.tl._utils import as_adata_list, elapsed, start_timer
 
@@ -59,6 +60,8 @@ def split_by_group(
         Training groups and validation groups (disjoint).
     """
     groups = sorted({str(g) for g in groups})
+    if isinstance(val_groups, str):  # one group's name, not a sequence of one-letter groups
+        val_groups = [val_groups]
     if val_groups is not None:
         val = [str(g) for g in val_groups]
         unknown = sorted(set(val) - set(groups))
@@ -202,6 +205,7 @@ def train_expression_head(
     adatas, _ = as_adata_list(adatas)
     features = check_features(features)
     model = resolve_model(model)
+    warn_if_too_coarse(adatas, model, library_key, context="train_expression_head")
     group_of = _groups(adatas, val_key)
     train_groups, val_list = split_by_group(
         np.concatenate(group_of), val_groups=val_groups, val_fraction=val_fraction, random_state=random_state

@@ -22,7 +22,7 @@ from storm.tl._utils import elapsed, start_timer
 
 
 def check_head(head: Any, model: Any) -> None:
-    """Refuse a head that is not trained, or that was trained on another encoder's features."""
+    """Refuse a head that is not trained, trained on another encoder's features, or whose gene list was changed."""
     from storm.nn import ExpressionHead
 
     if not isinstance(head, ExpressionHead):
@@ -40,6 +40,14 @@ def check_head(head: Any, model: Any) -> None:
             f"({ours['fingerprint'][:12]}…). Pass the model the head was trained with, or train a new head."
         )
     check_features([f["name"] for f in head.features])
+    n_genes, n_val = len(head.genes), None if head.val_pearson is None else len(head.val_pearson)
+    if n_genes != head.n_genes or n_val not in (None, head.n_genes):
+        raise ValueError(
+            f"This ExpressionHead has {head.n_genes:,} outputs but {n_genes:,} names in `head.genes`"
+            f"{'' if n_val is None else f' and {n_val:,} values in `head.val_pearson`'}: each prediction would go "
+            "under another gene's name. Keep `head.genes` as trained (or load the head again with "
+            "ExpressionHead.load)."
+        )
 
 
 def var_frame(head: Any) -> pd.DataFrame:

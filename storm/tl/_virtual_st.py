@@ -458,9 +458,9 @@ def virtual_st(
     stain_feat = np.zeros((n, stain.out_dim), dtype=np.float32) if stain is not None else None
     margin = max(0.0, side / 2 - pitch / 2) + 2
     stain_target = head_stain_target(head)
+    from storm._patch_crop import crop_patches
     from storm.pp import fit_stain_profile, normalize_stain
     from storm.pp._stain_profile import N_PATCHES, sample_rows
-    from storm.train._patches import crop_patches
 
     bounds = np.searchsorted(rr, np.arange(0, n_rows + band_tiles, band_tiles))
     bands = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1) if bounds[i + 1] > bounds[i]]

@@ -4,6 +4,10 @@ Imports torch, lightning and numpy only (AnnData is read by :mod:`storm.models`,
 :func:`pretrain`), so that training nodes need no single-cell stack to import it.
 """
 
+from storm._patch_crop import crop_patches, decode_image
+from storm._slide_data import PatchCache, PatchSource, SlideArrays
+
+from ._adapt import adapt
 from ._config import (
     DataConfig,
     GenesConfig,
@@ -14,11 +18,9 @@ from ._config import (
     SetupConfig,
     TrainerConfig,
 )
-from ._data import PatchCache, PatchSource, SlideArrays
 from ._datamodule import StormDataModule
 from ._dataset import SlideBlockSampler, WindowDataset
 from ._module import StormLightningModule, WarmupCosine, step_seed
-from ._patches import crop_patches, decode_image
 from ._pretrain import build_probe, build_trainer, load_datasets, pretrain
 from ._probe import DomainProbe
 from ._slide import BagDataset, SlideCVResult, SlideRiskModule, collate_bags, fit_slide_model_cv, predict_bags
@@ -45,6 +47,7 @@ __all__ = [
     "TrainerConfig",
     "WarmupCosine",
     "WindowDataset",
+    "adapt",
     "build_probe",
     "build_trainer",
     "collate_bags",

@@ -137,7 +137,7 @@ def build_probe(model: StormModel, probe: ProbeConfig, *, library_key: str, laye
     ValueError
         A probe slide without the label column, or with fewer than two labels.
     """
-    from storm.tl._embed import auto_mode
+    from storm.models._modes import auto_mode
     from storm.train._probe import DomainProbe
 
     excluded = {str(x) for x in probe.exclude_labels}

@@ -20,8 +20,8 @@ import torch
 from lightning.pytorch import Callback
 
 if TYPE_CHECKING:
+    from storm._slide_data import SlideArrays
     from storm.models import StormModel
-    from storm.train._data import SlideArrays
 
 __all__ = ["DomainProbe"]
 
@@ -110,7 +110,7 @@ class DomainProbe(Callback):
         """ARI of each slide's domains and their mean, with the current weights."""
         from sklearn.metrics import adjusted_rand_score
 
-        from storm.tl._domains import fit_gmm, reduce_rep
+        from storm._gmm import fit_gmm, reduce_rep
 
         device = torch.device(device)
         scores: dict[str, float] = {}

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from storm._logging import logger
-from storm.train._data import PatchSource, SlideArrays
+from storm._slide_data import PatchSource, SlideArrays
 
 __all__ = ["load_slides", "save_slides"]
 

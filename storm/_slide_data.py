@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from storm.train._patches import crop_patches, decode_image
+from storm._patch_crop import crop_patches, decode_image
 
 __all__ = ["PatchCache", "PatchSource", "SlideArrays"]
 
