@@ -6,7 +6,11 @@
 ``tests/test_notebooks.py`` executes every notebook in quick mode anyway; where ``$STORM_EXECUTED_NOTEBOOKS`` is set
 (the Makefile sets it) it keeps each executed copy there, stamped with a digest of the notebook and of the package.
 ``make docs`` renders those copies and executes only the ones that are missing or stale, so CI runs each notebook
-once. Figures are kept inline (matplotlib's inline backend, whatever ``MPLBACKEND`` says for the tests).
+once. Figures are kept inline (matplotlib's inline backend, whatever ``MPLBACKEND`` says for the tests) and storm
+logs at WARNING (``$STORM_LOG_LEVEL``), so its progress messages do not bury them.
+
+``$STORM_DOCS_REUSE_STALE=1`` renders the copies there even when stale (for editing the pages' text without running
+the notebooks again after each change to the package); only missing copies are then executed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ NOTEBOOKS = sorted([*ROOT.glob("tutorials/*.ipynb"), *ROOT.glob("notebooks/*.ipy
 EXECUTED_ENV = "STORM_EXECUTED_NOTEBOOKS"
 DEFAULT_EXECUTED = ROOT / "results" / "executed"
 STAMP_KEY = "storm_quick_run"  # notebook metadata: {"digest": ..., "source": "tutorials/01_quickstart.ipynb"}
-INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+REUSE_STALE_ENV = "STORM_DOCS_REUSE_STALE"
+#: Environment of the kernel: figures inline as display outputs, storm's messages at WARNING and above.
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "STORM_LOG_LEVEL": "WARNING"}
 
 
 def executed_dir() -> Path:
@@ -77,8 +83,8 @@ def execute_quick(notebook: Path, output: Path, results_dir: Path) -> Path:
 
     before = digest(notebook)  # taken first: a file changed during the run makes the copy stale, not wrong
     output.parent.mkdir(parents=True, exist_ok=True)
-    previous = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = INLINE_BACKEND  # the kernel inherits it: figures become display outputs
+    previous = {key: os.environ.get(key) for key in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)  # the kernel inherits the environment of this process
     try:
         pm.execute_notebook(
             str(notebook),
@@ -89,10 +95,11 @@ def execute_quick(notebook: Path, output: Path, results_dir: Path) -> Path:
             progress_bar=False,
         )
     finally:
-        if previous is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     nb = nbformat.read(output, as_version=4)
     nb.metadata[STAMP_KEY] = {"digest": before, "source": str(notebook.relative_to(ROOT))}
     nbformat.write(nb, output)
@@ -117,10 +124,11 @@ def ensure_executed(notebooks: list[Path], folder: Path, *, log=print) -> list[P
     """
     import time
 
+    reuse_stale = os.environ.get(REUSE_STALE_ENV) == "1"
     copies = []
     for notebook in notebooks:
         target = copy_path(notebook, folder)
-        if is_fresh(notebook, target):
+        if (reuse_stale and target.is_file()) or is_fresh(notebook, target):
             log(f"{notebook.relative_to(ROOT)}: reusing the executed copy {target}")
         else:
             start = time.perf_counter()

@@ -139,6 +139,12 @@ class BagDataset(Dataset):
 def collate_bags(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Pad a list of bags to the largest bag of the batch.
 
+    Parameters
+    ----------
+    items
+        The items of :class:`SlideBagDataset`: ``{modality: (N, d)}`` tile features, the targets present and
+        ``index``.
+
     Returns
     -------
     dict
