@@ -38,9 +38,11 @@ extensions = [
 
 root_doc = "index"
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_templates", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
 nitpicky = True  # every cross-reference must resolve (warnings are errors)
 default_role = "literal"
+# Private classes that appear in signatures (a private module's or a private name) have no page by design.
+nitpick_ignore_regex = [("py:class", r"storm(\.\w+)*\._\w+(\.\w+)*")]
 
 # -- API reference (autodoc + autosummary + napoleon + sphinx-autodoc-typehints) ----------------------------------
 autosummary_generate = True
@@ -50,8 +52,26 @@ autodoc_typehints = "description"  # types shown once, in the parameter list, fr
 autodoc_default_options = {"show-inheritance": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
-napoleon_use_rtype = True
+# A Returns section is prose here (scanpy's style): its first line is not a type to link; the return type shown
+# is the annotation's, which sphinx-autodoc-typehints writes.
+napoleon_use_rtype = False
 napoleon_use_param = True
+napoleon_use_ivar = True  # Attributes of dataclasses as fields, not a second description of each attribute
+# The short names the docstrings use for types, as the projects' inventories name them.
+napoleon_type_aliases = {
+    "AnnData": "anndata.AnnData",
+    "np.ndarray": "numpy.ndarray",
+    "ndarray": "numpy.ndarray",
+    "pd.DataFrame": "pandas.DataFrame",
+    "DataFrame": "pandas.DataFrame",
+    "pd.Series": "pandas.Series",
+    "Series": "pandas.Series",
+    "torch.Tensor": "torch.Tensor",
+    "Tensor": "torch.Tensor",
+    "Figure": "matplotlib.figure.Figure",
+    "Axes": "matplotlib.axes.Axes",
+    "nn.Module": "torch.nn.Module",
+}
 typehints_defaults = "comma"
 typehints_use_signature = False
 always_use_bars_union = True

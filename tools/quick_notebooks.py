@@ -38,7 +38,7 @@ def executed_dir() -> Path:
 
 
 def copy_path(notebook: Path, folder: Path) -> Path:
-    """Return where the executed copy of ``notebook`` lives in ``folder`` (``<folder>/<tutorials|notebooks>/<name>``)."""
+    """Return the path of the executed copy of ``notebook`` in ``folder``: ``<folder>/<tutorials|notebooks>/<name>``."""
     return folder / notebook.parent.name / notebook.name
 
 

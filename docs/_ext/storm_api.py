@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,10 +195,10 @@ def module_page(module: str) -> str:
     """
     title = f"{SECTIONS[module][0]}: ``storm.{module}``"
     lines = [f".. _api-{module}:", "", title, "=" * len(title), "", f".. automodule:: storm.{module}", ""]
-    lines += [".. currentmodule:: storm", ""]
+    lines += [f".. currentmodule:: storm.{module}", ""]  # the summaries' short references resolve in the module
     for group in api_groups(module):
         lines += [group.title, "-" * len(group.title), "", ".. autosummary::", "   :toctree: generated/", ""]
-        lines += [f"   {module}.{name}" for name in group.names]
+        lines += [f"   {name}" for name in group.names]
         lines += [""]
     return "\n".join(lines)
 
@@ -238,11 +239,79 @@ def write_api_pages(outdir: Path) -> list[Path]:
     return paths
 
 
+def constant_doc(fullname: str) -> list[str] | None:
+    """Return the ``#:`` comment of a constant re-exported by a public module, read where the constant is defined.
+
+    autodoc looks for the comment in ``storm/<module>/__init__.py``, finds none there, and would fall back on the
+    docstring of the constant's type (``dict``'s, say).
+
+    Parameters
+    ----------
+    fullname
+        ``storm.<module>.<NAME>``.
+
+    Returns
+    -------
+    The comment's lines, or ``None`` where the name is not a constant with one.
+    """
+    from sphinx.pycode import ModuleAnalyzer
+
+    _, module, name = fullname.split(".", 2)
+    source = defining_modules(module).get(name)
+    if source is None:
+        return None
+    defined_in = source if source.startswith("storm.") else f"storm.{module}.{source}"
+    docs = ModuleAnalyzer.for_module(defined_in).find_attr_docs()
+    return list(docs[("", name)]) if ("", name) in docs else None
+
+
+def split_ivars(lines: list[str]) -> list[str]:
+    """Return napoleon's ``:ivar a, b: text`` fields as one field per attribute, each with the text.
+
+    numpydoc lets ``a, b`` share an entry of Attributes; as one ``:ivar:`` field Sphinx would read ``a,`` as a type.
+
+    Parameters
+    ----------
+    lines
+        The docstring after napoleon.
+
+    Returns
+    -------
+    The lines, with each shared field written once per name (its continuation lines repeated too).
+    """
+    out, i = [], 0
+    while i < len(lines):
+        match = _SHARED_IVAR.match(lines[i])
+        if not match:
+            out.append(lines[i])
+            i += 1
+            continue
+        end = i + 1
+        while end < len(lines) and lines[end].startswith(" "):
+            end += 1
+        for attr in match["names"].split(","):
+            out += [f":ivar {attr.strip()}: {match['text']}", *lines[i + 1 : end]]
+        i = end
+    return out
+
+
+_SHARED_IVAR = re.compile(r"^:ivar (?P<names>\w+(?:, *\w+)+): ?(?P<text>.*)$")
+
+
+def _on_process_docstring(app, what, name, obj, options, lines) -> None:
+    if what == "data" and name.count(".") == 2 and name.split(".")[1] in SECTIONS:
+        doc = constant_doc(name)
+        if doc is not None:
+            lines[:] = doc
+    lines[:] = split_ivars(lines)
+
+
 def _on_config_inited(app, config) -> None:
     write_api_pages(Path(app.srcdir) / "api")
 
 
 def setup(app):
-    """Register the page generation (before autosummary reads the sources)."""
+    """Register the page generation (before autosummary reads the sources) and the constants' documentation."""
     app.connect("config-inited", _on_config_inited)
+    app.connect("autodoc-process-docstring", _on_process_docstring)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

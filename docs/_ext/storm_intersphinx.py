@@ -9,6 +9,10 @@ A project whose inventory cannot be had at all is left out of the mapping, and r
 rendered as plain code (``nitpick_ignore_regex``) instead of failing the build; the build says which ones. Set
 ``STORM_DOCS_REQUIRE_INVENTORIES=1`` (e.g. on a documentation host with internet) to make that a warning, which
 ``-W`` turns into an error.
+
+Before intersphinx looks a reference up, :func:`canonical_target` writes it as the inventories name it: the short
+names of the annotations (``np.ndarray``, ``AnnData``, ``Path``) and storm's objects under their private module
+(``storm.datasets._registry.RegistryEntry`` is documented as ``storm.datasets.RegistryEntry``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,52 @@ INVENTORIES: dict[str, tuple[str, list[str], list[str]]] = {
 }
 
 
+#: Short names of the annotations (``from __future__ import annotations`` keeps them unevaluated) → full names.
+ALIASES = {
+    "np": "numpy",
+    "pd": "pandas",
+    "sp": "scipy.sparse",
+    "nn": "torch.nn",
+    "AnnData": "anndata.AnnData",
+    "Path": "pathlib.Path",
+    "PathLike": "os.PathLike",
+    "Figure": "matplotlib.figure.Figure",
+    "Axes": "matplotlib.axes.Axes",
+}
+_PRIVATE = re.compile(r"\._[a-z]\w*")  # a private module of a dotted name: storm.tl._embed.embed
+
+
+def canonical_target(target: str) -> str:
+    """Return ``target`` with its alias expanded (:data:`ALIASES`) and, for storm's objects, no private module.
+
+    Parameters
+    ----------
+    target
+        The target of a reference that did not resolve.
+
+    Returns
+    -------
+    The full name.
+    """
+    head, dot, rest = target.partition(".")
+    if head in ALIASES:
+        target = ALIASES[head] + dot + rest
+    return _PRIVATE.sub("", target) if target.startswith("storm.") else target
+
+
+def _on_missing_reference(app, env, node, contnode):
+    if node.get("refdomain") != "py":
+        return None
+    target = canonical_target(node["reftarget"])
+    if target == node["reftarget"]:
+        return None
+    if target.startswith("storm."):  # storm's own: documented under its public name, or not at all
+        py = env.domains["py"]
+        return py.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], target, node, contnode)
+    node["reftarget"] = target  # what intersphinx, and the nitpicky check after it, then look up
+    return None
+
+
 def _python_prefixes() -> list[str]:
     # Without Python's own inventory, the standard library and the builtins are the names to let through.
     return sorted({*sys.stdlib_module_names, *(n for n in dir(builtins) if not n.startswith("_"))})
@@ -53,7 +103,7 @@ def _python_prefixes() -> list[str]:
 
 def _download(url: str, path: Path) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (a fixed https URL)
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             data = response.read()
     except OSError:
         return False
@@ -110,4 +160,5 @@ def _on_config_inited(app, config) -> None:
 def setup(app):
     """Register the mapping (before intersphinx reads it at ``builder-inited``)."""
     app.connect("config-inited", _on_config_inited, priority=400)
+    app.connect("missing-reference", _on_missing_reference, priority=400)  # before intersphinx (500)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -73,8 +73,8 @@ class WarmupCosine:
 class StormLightningModule(LightningModule):
     """Pretrain a :class:`~storm.nn.StormPretrainModel` with Lightning.
 
-    AdamW over :meth:`StormPretrainModel.param_groups` (no weight decay on biases and norms, layer-wise decay in a
-    pretrained image backbone), linear warm-up then cosine decay per optimiser step, an EMA step of the image
+    AdamW over :meth:`storm.nn.StormPretrainModel.param_groups` (no weight decay on biases and norms, layer-wise
+    decay in a pretrained image backbone), linear warm-up then cosine decay per optimiser step, an EMA step of the image
     teacher after every optimiser step, and masks drawn from a generator seeded by ``(seed, global_step,
     batch_idx, rank)`` (see :func:`step_seed`), so a run resumed from a checkpoint reproduces the losses of an
     uninterrupted run.

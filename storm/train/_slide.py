@@ -142,7 +142,7 @@ def collate_bags(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     Parameters
     ----------
     items
-        The items of :class:`SlideBagDataset`: ``{modality: (N, d)}`` tile features, the targets present and
+        The items of a slide-bag dataset: ``{modality: (N, d)}`` tile features, the targets present and
         ``index``.
 
     Returns
@@ -612,7 +612,7 @@ def fit_slide_model_cv(
         Seeds the folds, the initialisation and the batch order: the same seed gives the same result. torch's
         global generator is restored afterwards.
     ids
-        Optional bag identifiers, returned in :attr:`SlideCVResult.ids`.
+        Optional bag identifiers, returned in ``SlideCVResult.ids``.
 
     Returns
     -------
