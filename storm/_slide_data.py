@@ -144,7 +144,7 @@ class SlideArrays:
 
     @property
     def n_obs(self) -> int:
-        """Number of spots (= windows: one per spot)."""
+        """Number of spots, and of windows (one per spot)."""
         return self.index.shape[0]
 
     @property

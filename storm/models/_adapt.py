@@ -1,10 +1,10 @@
 """Self-supervised adaptation of a pretrained model to the user's own slides (the role of Novae's ``fine_tune``).
 
 A model pretrained on spot data reads only the genes of a new panel that are on its gene list (e.g. 31 of the 155
-MERFISH genes for storm-mini). :func:`adapt` appends the panel's other genes to the gene list, gives them fresh
-gene embeddings and continues training on the user's slides with the pretraining objective plus the
-reconstruction of each visible spot's own expression (``StormNetConfig.expr_self_loss_weight``), so that the new
-genes are read into the embedding. No labels are used.
+MERFISH genes for storm-mini). :meth:`storm.models.StormModel.adapt` appends the panel's other genes to the gene
+list, gives them fresh gene embeddings and continues training on the user's slides with the pretraining objective
+plus the reconstruction of each visible spot's own expression (``StormNetConfig.expr_self_loss_weight``), so that
+the new genes are read into the embedding. No labels are used.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def extend_genes(model: StormModel, genes: Sequence[str], *, self_loss_weight: f
     """Return a copy of ``model`` whose gene list has ``genes`` appended.
 
     Every inference weight is copied; the new genes get gene embeddings drawn like a fresh model's (they are
-    meaningless until :func:`adapt` trains them). Decoders are new: the shipped models do not carry them.
+    meaningless until :meth:`storm.models.StormModel.adapt` trains them). Decoders are new: the shipped models do
+    not carry them.
 
     Parameters
     ----------

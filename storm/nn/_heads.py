@@ -379,7 +379,24 @@ def fit_expression_head(
 def predict_with_head(
     head: ExpressionHead, x: torch.Tensor, *, batch_size: int = 4096, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Predictions ``(n, n_genes)`` (on the CPU) of ``head`` in eval mode for features ``x``, in batches."""
+    """Predict with ``head`` in eval mode, in batches; its training mode is restored afterwards.
+
+    Parameters
+    ----------
+    head
+        A trained head.
+    x
+        Features ``(n, in_dim)``.
+    batch_size
+        Rows per forward pass.
+    device
+        Where the head runs.
+
+    Returns
+    -------
+    torch.Tensor
+        Predictions ``(n, n_genes)``, on the CPU.
+    """
     was = head.training
     head.eval()
     head.to(device)

@@ -59,6 +59,16 @@ def extract_patches(
     returned iterator is first advanced, once per slide, and patches are cut batch by batch, so memory holds one
     slide image and one batch, never all patches.
 
+    Scale: µm per full-resolution pixel as :func:`storm.pp.patch_scale` reports it (``microns_per_pixel``, else a fit
+    of the 100 µm / 200 µm spot pitch of Visium / legacy ST, else Visium's ``65 / spot_diameter_fullres``, 10x's
+    "theoretical 65 µm spot": Space Ranger's diameter is not the 55 µm capture area); the crop side in the chosen
+    image is ``size_um / microns_per_pixel * scalef``. A spot's centre in that image is ``obsm['spatial'] * scalef``,
+    read as a pixel index (pixel centres at integers, as scanpy and squidpy plot them); the square is cut at sub-pixel
+    precision. Where it reaches past the image border it is padded with white (255), the colour of bare glass.
+    Resampling is PIL bilinear, which PIL antialiases when shrinking. On a low-resolution image (e.g. DLPFC's 600-px
+    image, ~4 px per 55 µm) the patch is a blurred upsampling: fine for context, not for morphology;
+    :func:`storm.pp.patch_scale` reports the ``zoom``.
+
     Parameters
     ----------
     adata
@@ -82,8 +92,9 @@ def extract_patches(
 
     Yields
     ------
-    uint8 arrays of shape (batch, out_px, out_px, 3), RGB. Concatenated, they hold one patch per spot in
-    ``adata.obs`` order (of the slide ``library_id`` if given). ``adata`` is not modified.
+    numpy.ndarray
+        uint8 arrays of shape (batch, out_px, out_px, 3), RGB. Concatenated, they hold one patch per spot in
+        ``adata.obs`` order (of the slide ``library_id`` if given). ``adata`` is not modified.
 
     Raises
     ------
@@ -92,18 +103,6 @@ def extract_patches(
         a spot centre outside its image (the message gives the count and the image size: usually a wrong scale factor).
     FileNotFoundError
         A recorded full-resolution file is missing.
-
-    Notes
-    -----
-    Scale: µm per full-resolution pixel as :func:`storm.pp.patch_scale` reports it (``microns_per_pixel``, else a fit
-    of the 100 µm / 200 µm spot pitch of Visium / legacy ST, else Visium's ``65 / spot_diameter_fullres``, 10x's
-    "theoretical 65 µm spot": Space Ranger's diameter is not the 55 µm capture area); the crop side in the chosen
-    image is ``size_um / microns_per_pixel * scalef``. A spot's centre in that image is ``obsm['spatial'] * scalef``,
-    read as a pixel index (pixel centres at integers, as scanpy and squidpy plot them); the square is cut at sub-pixel
-    precision. Where it reaches past the image border it is padded with white (255), the colour of bare glass.
-    Resampling is PIL bilinear, which PIL antialiases when shrinking. On a low-resolution image (e.g. DLPFC's 600-px
-    image, ~4 px per 55 µm) the patch is a blurred upsampling: fine for context, not for morphology;
-    :func:`storm.pp.patch_scale` reports the ``zoom``.
     """
     check_positive(size_um, "size_um")
     check_positive(out_px, "out_px", integer=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from storm.tl._expression_features import (
     warn_if_too_coarse,
 )
 from storm.tl._utils import as_adata_list, elapsed, start_timer
+
+if TYPE_CHECKING:  # storm.nn is imported when a head is trained, not with storm.tl
+    from storm.nn import ExpressionHead
 
 
 def _groups(adatas: list[AnnData], key: str) -> list[np.ndarray]:
@@ -130,7 +133,7 @@ def train_expression_head(
     accelerator: str = "auto",
     random_state: int = 0,
     progress: bool = True,
-):
+) -> ExpressionHead:
     """Train an H&E → expression head on the frozen STORM model's H&E-only features (the paper's virtual ST).
 
     Each spot's features come from the frozen model in H&E mode (:meth:`storm.models.StormModel.embed` with

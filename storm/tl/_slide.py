@@ -147,10 +147,9 @@ def slide_features(
     library_key
         Column of ``obs`` with the slide id (to split one AnnData, and to name the slides of a list).
     spatial_key
-        ``obsm`` key of the tile centres, kept with the bag for maps (optional).
-
-    A modality whose key is found in no slide is skipped (logged); one found in some slides only is an error, as
-    every bag must carry the same modalities.
+        ``obsm`` key of the tile centres, kept with the bag for maps (optional). A modality whose key is found
+        in no slide is skipped (logged); one found in some slides only is an error, as every bag must carry the
+        same modalities.
 
     Returns
     -------

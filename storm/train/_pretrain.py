@@ -249,9 +249,10 @@ def pretrain(config: PretrainConfig | dict[str, Any] | str | os.PathLike) -> tup
     """Pretrain a STORM model (masked multimodal spatial modelling) and save it.
 
     Steps: load the slides; choose the gene list (``genes``: explicit, or the highly variable genes of each data
-    set ∪ the included genes); :meth:`StormModel.setup` (PCA-initialised gene embeddings); turn every slide into
-    arrays (:meth:`StormModel.prepare`); train with Lightning (:class:`StormDataModule`,
-    :class:`StormLightningModule`); save the final model with :meth:`StormModel.save` to ``OUTPUT/model``.
+    set ∪ the included genes); :meth:`storm.models.StormModel.setup` (PCA-initialised gene embeddings); turn every
+    slide into arrays (:meth:`storm.models.StormModel.prepare`); train with Lightning (:class:`StormDataModule`,
+    :class:`StormLightningModule`); save the final model with :meth:`storm.models.StormModel.save` to
+    ``OUTPUT/model``.
     Checkpoints go to ``OUTPUT/checkpoints`` (``last.ckpt`` to resume), losses to ``OUTPUT/logs/metrics.csv``.
 
     Parameters

@@ -35,8 +35,8 @@ class DomainProbe(Callback):
         The :class:`~storm.models.StormModel` being trained (its ``module`` is the network the Lightning module
         trains, so the probe sees the current weights).
     slides
-        Labelled slides, prepared by :meth:`StormModel.prepare` in the mode :func:`storm.tl.embed` would use
-        (:func:`storm.train.build_probe` does this), so the probe scores what a user of the model gets.
+        Labelled slides, prepared by :meth:`storm.models.StormModel.prepare` in the mode :func:`storm.tl.embed` would
+        use (:func:`storm.train.build_probe` does this), so the probe scores what a user of the model gets.
     labels
         One array per slide, in the slide's spot order: the label of each spot, ``None`` for a spot left out of the
         score (K counts the distinct labels scored).

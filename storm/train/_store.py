@@ -74,7 +74,20 @@ def save_slides(slides: list[SlideArrays], folder: str | os.PathLike, *, genes: 
 
 
 def load_slides(folder: str | os.PathLike) -> tuple[list[SlideArrays], list[str]]:
-    """Read slides written by :func:`save_slides`: ``(slides, genes)``."""
+    """Read slides written by :func:`save_slides`.
+
+    Parameters
+    ----------
+    folder
+        Folder holding ``slides.json`` and one ``.npz`` per slide (``storm prepare``).
+
+    Returns
+    -------
+    slides
+        One :class:`SlideArrays` per slide, in the manifest's order.
+    genes
+        The gene vocabulary the expression columns follow.
+    """
     folder = Path(folder)
     manifest_path = folder / "slides.json"
     if not manifest_path.is_file():
