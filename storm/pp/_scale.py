@@ -126,15 +126,16 @@ def _positive(value: object) -> bool:
 
 
 def check_pixel_units(
-    pitch_px: float, scalefactors: dict, library_id: str, *, platform: str, pitch_um: float, lower_only: bool
+    pitch_px: float, scalefactors: dict, library_id: str, *, platform: str, pitch_um: float, nearest_neighbour: bool
 ) -> None:
     """Refuse ``obsm['spatial']`` whose spot pitch contradicts the slide's own full-resolution scale factors.
 
     ``pitch_px``, the spot pitch measured in ``obsm['spatial']``, is compared with ``spot_pitch_fullres``, with
     ``pitch_um / microns_per_pixel`` (both within :data:`PITCH_RATIO`) and, on Visium, with ``spot_diameter_fullres``
-    (within :data:`DIAMETER_PITCH_RATIO`). ``lower_only``: the pitch is a nearest-neighbour distance, which a subset of
-    the spots can only lengthen, so only a too short one is refused. A mismatch matching ``tissue_hires_scalef`` or
-    ``tissue_lowres_scalef`` is named: coordinates taken from a scaled image.
+    (within :data:`DIAMETER_PITCH_RATIO`). A mismatch matching ``tissue_hires_scalef`` or ``tissue_lowres_scalef`` is
+    named: coordinates taken from a scaled image. ``nearest_neighbour``: the pitch is the median nearest-neighbour
+    distance (no array grid to fit), which a subset of the spots lengthens and positions off a grid can make
+    anything: only a pitch too short by one of those two factors is refused then.
 
     Raises
     ------
@@ -156,13 +157,15 @@ def check_pixel_units(
     where = f"uns['spatial'][{library_id!r}]['scalefactors']"
     for what, want_px, (low, high) in references:
         ratio = pitch_px / want_px
-        if ratio >= low and (lower_only or ratio <= high):
+        if ratio >= low and (nearest_neighbour or ratio <= high):
             continue
         scaled = {
             key: float(scalefactors[key])
             for key in ("tissue_hires_scalef", "tissue_lowres_scalef")
             if _positive(scalefactors.get(key)) and abs(np.log(ratio / float(scalefactors[key]))) < np.log(1.15)
         }
+        if nearest_neighbour and not scaled:
+            continue
         if scaled:
             key, factor = min(scaled.items(), key=lambda kv: abs(np.log(ratio / kv[1])))
             cause = (
@@ -237,7 +240,7 @@ def slide_scale(adata: AnnData, library_id: str, rows: np.ndarray, xy: np.ndarra
             check_fit(fit, pitch_um, library_id, hexagonal=platform == "visium")
     pitch_px = pitch_um * fit.px_per_um if fit is not None else _nearest_neighbour_pitch(xy[rows])
     if pitch_px is not None:
-        check_pixel_units(pitch_px, sf, library_id, platform=platform, pitch_um=pitch_um, lower_only=fit is None)
+        check_pixel_units(pitch_px, sf, library_id, platform=platform, pitch_um=pitch_um, nearest_neighbour=fit is None)
     if given is not None:
         return SlideScale(float(given), "microns_per_pixel")
     if fit is not None:
