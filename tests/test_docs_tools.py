@@ -74,13 +74,15 @@ def test_keep_stderr_keeps_storm_warnings_with_paths_in_the_repository():
     )
 
 
-def test_prepare_page_adds_the_box_and_leaves_out_the_injected_parameters(tmp_path: Path):
+def test_prepare_page_adds_the_box_leaves_out_injected_parameters_and_repeated_warnings(tmp_path: Path):
     nb = nbformat.v4.new_notebook()
     injected = nbformat.v4.new_code_cell('quick = True\nresults_dir = "/tmp/x"')
     injected.metadata["tags"] = ["injected-parameters"]
     code = nbformat.v4.new_code_cell("storm.pp.normalize(adata)")
     code.outputs = [
         nbformat.v4.new_output("stream", name="stderr", text="100%|███| 3/3\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="WARNING storm: normalize: 4 spots have no counts\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="done\n"),
         nbformat.v4.new_output("stream", name="stderr", text="WARNING storm: normalize: 4 spots have no counts\n"),
     ]
     nb.cells = [nbformat.v4.new_markdown_cell("# Title"), injected, code]
@@ -90,4 +92,4 @@ def test_prepare_page_adds_the_box_and_leaves_out_the_injected_parameters(tmp_pa
     cells = nbformat.read(page, as_version=4).cells
     assert [c.source for c in cells[:2]] == ["# Title", ":::{note}\nquick\n:::"]
     assert [c.source for c in cells[2:]] == ["storm.pp.normalize(adata)"]
-    assert [o["text"] for o in cells[2].outputs] == ["WARNING storm: normalize: 4 spots have no counts\n"]
+    assert [o["text"] for o in cells[2].outputs] == ["WARNING storm: normalize: 4 spots have no counts\n", "done\n"]

@@ -83,6 +83,8 @@ def keep_stderr(text: str) -> str:
 def prepare_page(executed: Path, target: Path, box: str) -> None:
     """Copy an executed notebook to a docs page: the box, no injected parameters, stderr by :func:`keep_stderr`.
 
+    A stderr message repeated within a cell is kept once.
+
     Parameters
     ----------
     executed
@@ -96,12 +98,14 @@ def prepare_page(executed: Path, target: Path, box: str) -> None:
     # papermill's cell of the run's own parameters (quick=True, a temporary results_dir): the box says how it ran
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     for cell in nb.cells:
-        outputs = []
+        outputs, shown = [], set()
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
                 out["text"] = keep_stderr(out["text"])
-                if not out["text"]:
+                # a cell that loops over cohorts logs the same message once per pass: the page shows it once
+                if not out["text"] or out["text"] in shown:
                     continue
+                shown.add(out["text"])
             outputs.append(out)
         if cell.cell_type == "code":
             cell.outputs = outputs
