@@ -82,7 +82,7 @@ def embed(
         A :class:`storm.models.StormModel`, or any object with ``embed(adata, mode=, batch_size=, accelerator=,
         library_key=) -> ndarray`` and ``name`` / ``version`` attributes. ``None`` loads the model shipped with
         storm (:meth:`storm.models.StormModel.from_pretrained`). Zero-shot, a model reads only the genes on its
-        list (``uns[key_added]['params']['gene_coverage']``); :meth:`storm.models.StormModel.adapt` returns a copy
+        list (``uns[key_added]['params']['gene_coverage']``); :func:`storm.train.adapt` returns a copy
         adapted to your slides, self-supervised, that reads your whole panel.
     mode
         ``"joint"`` (H&E + expression), ``"image"`` (H&E only), ``"expression"`` (expression only), or ``"auto"``:
