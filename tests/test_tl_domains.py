@@ -138,6 +138,12 @@ def _with_inf(adata):
     return adata
 
 
+def _with_missing_batch(adata):
+    adata.obs["patient"] = pd.Series(np.resize(["p1", "p2"], adata.n_obs), index=adata.obs_names).astype(object)
+    adata.obs.iloc[0, adata.obs.columns.get_loc("patient")] = None
+    return adata
+
+
 @pytest.mark.parametrize(
     ("prepare", "kwargs", "match"),
     [
@@ -156,6 +162,9 @@ def _with_inf(adata):
         (lambda a: a, {"n_domains": 3, "key_added": ""}, "key_added"),
         (_with_nan, {"n_domains": 3}, "NaN or infinite.*'s3'"),
         (_with_inf, {"n_domains": 3}, "NaN or infinite"),
+        (lambda a: a, {"n_domains": 3, "batch_key": "patient"}, r"'patient' is not a column of `adata.obs`"),
+        (lambda a: a, {"n_domains": 3, "batch_key": "library_id"}, r"one value \('A'\).*no batch effect"),
+        (_with_missing_batch, {"n_domains": 3, "batch_key": "patient"}, "1 missing value"),
     ],
 )
 def test_bad_input_raises_and_leaves_adata_unchanged(prepare, kwargs, match):
@@ -259,3 +268,31 @@ def test_gmm_unknown_covariance_type_is_refused_without_retries(caplog):
         storm.tl.domains(adata, 5, method="gmm", covariance_type="foo")
     assert "retrying" not in caplog.text
     assert_unchanged(adata, before)
+def test_batch_key_recovers_one_label_set_across_a_batch_shift():
+    """Two slides, the same five domains, the second shifted as a whole: one labelling only after Harmony."""
+    one, two = blobs(seed=0, spread=3.0), blobs(seed=0, spread=3.0)
+    rng = np.random.default_rng(1)
+    two.obsm["X_storm_niche"] = two.obsm["X_storm_niche"] + rng.normal(size=8) * 12  # the batch effect
+    for a, patient in ((one, "p1"), (two, "p2")):
+        a.obs["patient"] = patient
+    storm.tl.domains([one, two], 5, key_added="raw", n_pcs=None)
+    storm.tl.domains([one, two], 5, batch_key="patient", n_pcs=None)
+    truth = np.concatenate([one.obs["truth"], two.obs["truth"]])
+    raw = np.concatenate([one.obs["raw"], two.obs["raw"]])
+    joint = np.concatenate([one.obs["storm_domains"], two.obs["storm_domains"]])
+    assert ari(truth, raw) < 0.6  # without correction the shift splits the slides apart
+    assert ari(truth, joint) > 0.95  # with it, domain "k" is the same tissue on both slides
+    params = one.uns["storm_domains"]["params"]
+    assert params["batch_key"] == "patient"
+    assert params["batch_correction"] == "harmony"
+    assert "batch_key" not in one.uns["raw"]["params"]
+
+
+def test_a_batch_key_missing_from_one_element_of_a_list_leaves_both_unchanged():
+    one, two = blobs(seed=0), blobs(seed=1)
+    one.obs["patient"] = "p1"
+    before = snapshot(one), snapshot(two)
+    with pytest.raises(ValueError, match=r"AnnData at position\(s\) \[1\]"):
+        storm.tl.domains([one, two], 3, batch_key="patient")
+    assert_unchanged(one, before[0])
+    assert_unchanged(two, before[1])

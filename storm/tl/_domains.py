@@ -13,6 +13,7 @@ from anndata import AnnData
 from storm._gmm import fit_gmm, reduce_rep
 from storm._logging import logger
 from storm.tl._spatialdata import is_spatialdata, table_of
+from storm.tl._batch import batch_labels, harmonize
 from storm.tl._utils import as_adata_list, clean_params, elapsed, get_rep, save_data, start_timer
 
 _Method = Literal["kmeans", "gmm", "leiden"]
@@ -171,6 +172,7 @@ def domains(
     n_pcs: int | None = 20,
     n_neighbors: int = 15,
     resolution: float | None = None,
+    batch_key: str | None = None,
     library_key: str = "library_id",
     table_key: str | None = None,
     copy: bool = False,
@@ -184,7 +186,9 @@ def domains(
     the centre-spot embedding with K-means (``use_rep="X_storm", method="kmeans", n_pcs=None``); on the labelled
     DLPFC and HER2ST sections here the default is more accurate (``benchmarks/domains.py`` measures both).
     All rows are clustered at once: slides in one AnnData (told apart by ``library_key``) or in a list of AnnData
-    embedded by the same model share one labelling, so domain ``"2"`` means the same thing on every slide.
+    embedded by the same model share one labelling, so domain ``"2"`` means the same thing on every slide. Slides of
+    several patients or batches differ by more than their tissue: ``batch_key`` names the ``obs`` column of the
+    batches, whose effect Harmony (``harmonypy``) removes from the reduced representation before clustering.
 
     Domains are named ``"0"`` … ``"K-1"`` by decreasing size (ties: the domain met first in row order), so the names
     do not depend on the clustering algorithm's arbitrary numbering; results are deterministic for a given
@@ -217,6 +221,10 @@ def domains(
         Neighbours of the kNN graph (Leiden only).
     resolution
         Leiden resolution, when ``n_domains`` is not given.
+    batch_key
+        Column of ``obs`` (of every AnnData of a list) naming each spot's batch, e.g. the patient, or
+        ``library_key`` for slides: the reduced representation is corrected with Harmony
+        (:func:`harmonypy.run_harmony`, seeded by ``random_state``) before clustering. ``None``: no correction.
     library_key
         Column of ``obs`` with the slide id; recorded in the parameters (clustering is over all slides together).
     table_key
@@ -236,13 +244,15 @@ def domains(
       :func:`storm.pl.domains`, scanpy and squidpy plots;
     - ``uns[key_added]['params']``: ``method``, ``n_domains`` (found), ``use_rep``, ``random_state``, ``n_pcs``
       (``None`` not stored), ``covariance_type`` (GMM), ``n_init`` (K-means), and
-      ``n_neighbors`` / ``resolution`` (Leiden: the one used), ``library_key`` when that column exists.
+      ``n_neighbors`` / ``resolution`` (Leiden: the one used), ``batch_key`` and ``batch_correction``
+      (``"harmony"``) when batches were corrected, ``library_key`` when that column exists.
 
     Raises
     ------
     ValueError
         ``obsm[use_rep]`` missing or with NaN/infinite values, ``n_domains`` < 2 or larger than the number of spots,
-        no ``n_domains`` for K-means/GMM, an unknown method. ``adata`` is then left unchanged.
+        no ``n_domains`` for K-means/GMM, an unknown method, a ``batch_key`` column missing, with missing values or
+        with a single value. ``adata`` is then left unchanged.
     ImportError
         ``method="leiden"`` without igraph installed.
 
@@ -267,9 +277,13 @@ def domains(
     rep = np.concatenate(reps, axis=0) if len(reps) > 1 else reps[0]
     n_obs = rep.shape[0]
     _check_args(method, n_domains, resolution, n_neighbors, n_pcs, n_obs)
+    batches = None if batch_key is None else batch_labels(adatas, batch_key)
     rep = reduce_rep(rep, None if n_pcs is None else int(n_pcs), random_state)
 
     params: dict[str, Any] = {"method": method, "use_rep": use_rep, "random_state": random_state, "n_pcs": n_pcs}
+    if batches is not None:
+        rep = harmonize(rep, batches, random_state=random_state)
+        params.update(batch_key=batch_key, batch_correction="harmony")
     with warnings.catch_warnings():
         # identical embedding rows make sklearn warn that fewer distinct clusters exist; the count found is logged
         warnings.filterwarnings("ignore", message="Number of distinct clusters", category=UserWarning)
