@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import anndata as ad
@@ -31,7 +32,7 @@ def snapshot(adata):
     return (
         adata.obs.copy(),
         {k: np.array(v, copy=True) for k, v in adata.obsm.items()},
-        sorted(adata.uns),
+        copy.deepcopy(dict(adata.uns)),
         sorted(adata.obsp),
     )
 
@@ -42,7 +43,8 @@ def assert_unchanged(adata, before):
     assert sorted(adata.obsm) == sorted(obsm)
     for k, v in obsm.items():
         np.testing.assert_array_equal(np.asarray(adata.obsm[k]), v)
-    assert sorted(adata.uns) == uns
+    assert sorted(adata.uns) == sorted(uns)
+    np.testing.assert_equal(dict(adata.uns), uns)  # values too: a previous result is not overwritten
     assert sorted(adata.obsp) == obsp
 
 
@@ -138,6 +140,16 @@ def _with_inf(adata):
     return adata
 
 
+def _with_two_patients(adata):
+    adata.obs["patient"] = pd.Series(np.resize(["p1", "p2"], adata.n_obs), index=adata.obs_names).astype(object)
+    return adata
+
+
+def _with_missing_batch(adata):
+    _with_two_patients(adata).obs.iloc[0, adata.obs.columns.get_loc("patient")] = None
+    return adata
+
+
 @pytest.mark.parametrize(
     ("prepare", "kwargs", "match"),
     [
@@ -146,7 +158,7 @@ def _with_inf(adata):
             {"use_rep": "X_missing", "n_domains": 3},
             r"obsm\['X_missing'\].*'X_storm_niche'.*storm.tl.embed",
         ),
-        (lambda a: a, {"n_domains": 10_000}, "larger than the number of spots"),
+        (lambda a: a, {"n_domains": 10_000}, r"larger than the number of spots \(165\): ask for at most 165"),
         (lambda a: a, {"n_domains": 1}, "at least 2"),
         (lambda a: a, {"n_domains": 2.5}, "must be an integer"),
         (lambda a: a, {}, "needs `n_domains`"),
@@ -156,6 +168,16 @@ def _with_inf(adata):
         (lambda a: a, {"n_domains": 3, "key_added": ""}, "key_added"),
         (_with_nan, {"n_domains": 3}, "NaN or infinite.*'s3'"),
         (_with_inf, {"n_domains": 3}, "NaN or infinite"),
+        (lambda a: a, {"n_domains": 3, "batch_key": "patient"}, r"'patient' is not a column of `adata.obs`"),
+        (lambda a: a, {"n_domains": 3, "batch_key": "library_id"}, r"one value \('A'\).*no batch effect"),
+        (_with_missing_batch, {"n_domains": 3, "batch_key": "patient"}, "1 missing value"),
+        (lambda a: a, {"n_domains": 3, "harmony_kwargs": {"sigma": 1.0}}, "give `batch_key` too"),
+        (
+            _with_two_patients,
+            {"n_domains": 3, "batch_key": "patient", "harmony_kwargs": {"random_state": 1}},
+            r"may not set \['random_state'\]",
+        ),
+        (_with_two_patients, {"n_domains": 3, "batch_key": "patient", "harmony_kwargs": 1.0}, "must be a dict"),
     ],
 )
 def test_bad_input_raises_and_leaves_adata_unchanged(prepare, kwargs, match):
@@ -167,6 +189,16 @@ def test_bad_input_raises_and_leaves_adata_unchanged(prepare, kwargs, match):
     with pytest.raises(ValueError, match=match):
         storm.tl.domains(adata, n, **kwargs)
     assert_unchanged(adata, before)
+
+
+def test_a_section_with_fewer_spots_than_domains_is_refused_but_can_join_a_list():
+    small = blobs(sizes=(2, 2))
+    before = snapshot(small)
+    with pytest.raises(ValueError, match=r"`n_domains`=5 is larger than the number of spots \(4\).*together"):
+        storm.tl.domains(small, 5)
+    assert_unchanged(small, before)
+    storm.tl.domains([small, blobs()], 5)  # clustered with a larger section, it gets the shared domains
+    assert set(small.obs["storm_domains"]) <= {"0", "1", "2", "3", "4"}
 
 
 def test_a_bad_element_of_a_list_leaves_every_element_unchanged():
@@ -259,3 +291,88 @@ def test_gmm_unknown_covariance_type_is_refused_without_retries(caplog):
         storm.tl.domains(adata, 5, method="gmm", covariance_type="foo")
     assert "retrying" not in caplog.text
     assert_unchanged(adata, before)
+
+
+def shifted_slides(seed, *, dims=8, spread=5.0, shift=4.0, local=0.5, sizes=SIZES):
+    """Two slides of the same domains in other proportions, the second moved by a patient effect.
+
+    The effect is a shift common to all domains, ``shift`` times the distance between the two closest domain
+    centres, plus a part of its own per domain (``local`` times that distance), as between patients; the noise
+    of each spot is drawn anew on each slide.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(sizes), dims)) * spread
+    nearest = min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1 :])
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    effect = nearest * (shift * unit(rng.normal(size=dims)) + local * unit(rng.normal(size=(len(sizes), dims))))
+    slides = []
+    for i, counts in enumerate((sizes, sizes[::-1])):
+        truth = rng.permutation(np.repeat(np.arange(len(sizes)), counts))
+        emb = centres[truth] + rng.normal(size=(len(truth), dims)) + i * effect[truth]
+        obs = pd.DataFrame({"truth": truth, "patient": f"p{i}"}, index=[f"s{i}_{j}" for j in range(len(truth))])
+        slides.append(ad.AnnData(obs=obs, obsm={"X_storm_niche": emb}))
+    return slides
+
+
+def majority_domain(adata, key):
+    """The domain most spots of each true domain get on this slide."""
+    return adata.obs.groupby("truth", observed=True)[key].agg(lambda d: d.value_counts().index[0]).to_numpy()
+
+
+def pooled_ari(slides, key):
+    return ari(np.concatenate([a.obs["truth"] for a in slides]), np.concatenate([a.obs[key] for a in slides]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batch_key_recovers_one_label_set_across_a_batch_shift(seed):
+    """Without correction the patient effect splits domains by slide; with Harmony, one label set on both."""
+    slides = shifted_slides(seed)
+    storm.tl.domains(slides, 5, key_added="raw")
+    storm.tl.domains(slides, 5, batch_key="patient")
+    one, two = slides
+
+    # uncorrected: most domains get another name on the second slide, and the labels do not match the tissue
+    assert np.mean(majority_domain(one, "raw") == majority_domain(two, "raw")) <= 0.2
+    assert pooled_ari(slides, "raw") < 0.6
+    # corrected: each slide's domains are right and every domain has the same name on both slides
+    assert min(ari(a.obs["truth"], a.obs["storm_domains"]) for a in slides) > 0.95
+    np.testing.assert_array_equal(majority_domain(one, "storm_domains"), majority_domain(two, "storm_domains"))
+    assert pooled_ari(slides, "storm_domains") > 0.95
+
+    params = one.uns["storm_domains"]["params"]
+    assert params["batch_key"] == "patient"
+    assert params["batch_correction"] == "harmony"
+    assert params["n_batches"] == 2
+    assert params["harmony"] == {"sigma": 1.0}
+    assert two.uns["storm_domains"]["params"] == params
+    assert not {"batch_key", "batch_correction", "n_batches", "harmony"} & set(one.uns["raw"]["params"])
+
+
+def test_harmonypys_narrow_default_kernel_leaves_a_large_patient_effect_uncorrected():
+    """Why storm widens Harmony's kernel: with harmonypy's sigma=0.1 each soft cluster holds one slide."""
+    slides = shifted_slides(0)
+    storm.tl.domains(slides, 5, key_added="raw")
+    storm.tl.domains(slides, 5, batch_key="patient", harmony_kwargs={"sigma": 0.1}, key_added="narrow")
+    assert slides[0].uns["narrow"]["params"]["harmony"] == {"sigma": 0.1}
+    assert pooled_ari(slides, "narrow") < 0.6
+    assert pooled_ari(slides, "narrow") == pytest.approx(pooled_ari(slides, "raw"), abs=0.05)
+
+
+def test_batch_correction_is_deterministic_for_a_seed():
+    first = storm.tl.domains(shifted_slides(0), 5, batch_key="patient", copy=True)
+    second = storm.tl.domains(shifted_slides(0), 5, batch_key="patient", copy=True)
+    for a, b in zip(first, second, strict=True):
+        pd.testing.assert_series_equal(a.obs["storm_domains"], b.obs["storm_domains"])
+
+
+def test_a_batch_key_missing_from_one_element_of_a_list_leaves_both_unchanged():
+    one, two = blobs(seed=0), blobs(seed=1)
+    one.obs["patient"] = "p1"
+    before = snapshot(one), snapshot(two)
+    with pytest.raises(ValueError, match=r"AnnData at position\(s\) \[1\]"):
+        storm.tl.domains([one, two], 3, batch_key="patient")
+    assert_unchanged(one, before[0])
+    assert_unchanged(two, before[1])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from storm._gmm import fit_gmm, reduce_rep
 from storm._logging import logger
+from storm.tl._batch import batch_labels, harmonize, harmony_params
 from storm.tl._spatialdata import is_spatialdata, table_of
 from storm.tl._utils import as_adata_list, clean_params, elapsed, get_rep, save_data, start_timer
 
@@ -149,7 +150,11 @@ def _check_args(method: str, n_domains: Any, resolution: Any, n_neighbors: Any, 
         if n_domains < 2:
             raise ValueError(f"`n_domains` must be at least 2, got {n_domains}.")
         if n_domains > n_obs:
-            raise ValueError(f"`n_domains`={n_domains} is larger than the number of spots ({n_obs}).")
+            raise ValueError(
+                f"`n_domains`={n_domains} is larger than the number of spots ({n_obs}): ask for at most {n_obs} "
+                "domains, or cluster this section together with others (a list of AnnData, or one AnnData of "
+                "several slides)."
+            )
         if resolution is not None:
             raise ValueError("Give either `n_domains` (the resolution is then searched) or `resolution`, not both.")
     if resolution is not None and (not np.isscalar(resolution) or not np.isfinite(resolution) or resolution <= 0):
@@ -171,6 +176,8 @@ def domains(
     n_pcs: int | None = 20,
     n_neighbors: int = 15,
     resolution: float | None = None,
+    batch_key: str | None = None,
+    harmony_kwargs: Mapping[str, Any] | None = None,
     library_key: str = "library_id",
     table_key: str | None = None,
     copy: bool = False,
@@ -184,7 +191,11 @@ def domains(
     the centre-spot embedding with K-means (``use_rep="X_storm", method="kmeans", n_pcs=None``); on the labelled
     DLPFC and HER2ST sections here the default is more accurate (``benchmarks/domains.py`` measures both).
     All rows are clustered at once: slides in one AnnData (told apart by ``library_key``) or in a list of AnnData
-    embedded by the same model share one labelling, so domain ``"2"`` means the same thing on every slide.
+    embedded by the same model share one labelling, so domain ``"2"`` means the same thing on every slide. Slides of
+    several patients or batches differ by more than their tissue, and without correction the same tissue can get a
+    different domain on each patient: ``batch_key`` names the ``obs`` column of the batches, whose effect Harmony
+    (``harmonypy``) removes from the reduced representation before clustering. ``benchmarks/domains_joint.py``
+    measures joint domains, with and without ``batch_key``, against one section at a time.
 
     Domains are named ``"0"`` … ``"K-1"`` by decreasing size (ties: the domain met first in row order), so the names
     do not depend on the clustering algorithm's arbitrary numbering; results are deterministic for a given
@@ -217,6 +228,15 @@ def domains(
         Neighbours of the kNN graph (Leiden only).
     resolution
         Leiden resolution, when ``n_domains`` is not given.
+    batch_key
+        Column of ``obs`` (of every AnnData of a list) naming each spot's batch, e.g. the patient, or
+        ``library_key`` for slides: the reduced representation (after ``n_pcs``) is corrected with Harmony
+        (:func:`harmonypy.run_harmony`, seeded by ``random_state``) before clustering. It needs at least two
+        batches and a value on every spot. ``None``: no correction.
+    harmony_kwargs
+        Options of :func:`harmonypy.run_harmony` (``theta``, ``sigma``, ``nclust``, ``max_iter_harmony``, …), with
+        ``batch_key`` only. storm's default is ``sigma=1.0`` instead of harmonypy's 0.1: with the narrower kernel,
+        batches shifted by more than the distance between domains stay uncorrected.
     library_key
         Column of ``obs`` with the slide id; recorded in the parameters (clustering is over all slides together).
     table_key
@@ -236,13 +256,18 @@ def domains(
       :func:`storm.pl.domains`, scanpy and squidpy plots;
     - ``uns[key_added]['params']``: ``method``, ``n_domains`` (found), ``use_rep``, ``random_state``, ``n_pcs``
       (``None`` not stored), ``covariance_type`` (GMM), ``n_init`` (K-means), and
-      ``n_neighbors`` / ``resolution`` (Leiden: the one used), ``library_key`` when that column exists.
+      ``n_neighbors`` / ``resolution`` (Leiden: the one used), ``n_domains_requested`` (Leiden with ``n_domains``),
+      ``library_key`` when that column exists; with ``batch_key``: ``batch_key``, ``batch_correction``
+      (``"harmony"``), ``n_batches`` (distinct values of the column) and ``harmony`` (the options given to
+      :func:`harmonypy.run_harmony`: ``sigma`` and ``harmony_kwargs``).
 
     Raises
     ------
     ValueError
         ``obsm[use_rep]`` missing or with NaN/infinite values, ``n_domains`` < 2 or larger than the number of spots,
-        no ``n_domains`` for K-means/GMM, an unknown method. ``adata`` is then left unchanged.
+        no ``n_domains`` for K-means/GMM, an unknown method, a ``batch_key`` column missing (from any AnnData of a
+        list), with missing values or with a single value, ``harmony_kwargs`` without ``batch_key`` or setting
+        the data, batches or seed. ``adata`` (every AnnData of a list) is then left unchanged.
     ImportError
         ``method="leiden"`` without igraph installed.
 
@@ -250,6 +275,10 @@ def domains(
     --------
     >>> storm.tl.domains(adata, n_domains=7)  # doctest: +SKIP
     >>> storm.pl.domains(adata, groundtruth="layer")  # doctest: +SKIP
+
+    One set of domains over the slides of several patients, each slide's ``obs['patient']`` set:
+
+    >>> storm.tl.domains([slide1, slide2, slide3], n_domains=6, batch_key="patient")  # doctest: +SKIP
     """
     start = start_timer()
     if is_spatialdata(adata):
@@ -267,9 +296,17 @@ def domains(
     rep = np.concatenate(reps, axis=0) if len(reps) > 1 else reps[0]
     n_obs = rep.shape[0]
     _check_args(method, n_domains, resolution, n_neighbors, n_pcs, n_obs)
+    batches = None if batch_key is None else batch_labels(adatas, batch_key)
+    harmony = None if batch_key is None else harmony_params(harmony_kwargs)
+    if batch_key is None and harmony_kwargs is not None:
+        raise ValueError("`harmony_kwargs` configures the batch correction: give `batch_key` too, or leave it out.")
     rep = reduce_rep(rep, None if n_pcs is None else int(n_pcs), random_state)
 
     params: dict[str, Any] = {"method": method, "use_rep": use_rep, "random_state": random_state, "n_pcs": n_pcs}
+    if batches is not None:
+        rep = harmonize(rep, batches, random_state=random_state, **harmony)
+        params.update(batch_key=batch_key, batch_correction="harmony", harmony=harmony)
+        params["n_batches"] = len(np.unique(batches))
     with warnings.catch_warnings():
         # identical embedding rows make sklearn warn that fewer distinct clusters exist; the count found is logged
         warnings.filterwarnings("ignore", message="Number of distinct clusters", category=UserWarning)
