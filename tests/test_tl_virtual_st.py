@@ -42,7 +42,7 @@ def model(adata):
 @pytest.fixture(scope="module")
 def head(adata, model):
     return storm.tl.train_expression_head(
-        adata, n_top_genes=20, model=model, epochs=2, val_groups=["bottom"], progress=False
+        adata, n_top_genes=20, model=model, head_type="frozen", epochs=2, val_groups=["bottom"], progress=False
     )
 
 
@@ -74,7 +74,7 @@ def test_training_sees_only_training_slides(adata, model, monkeypatch):
 
     monkeypatch.setattr(snn, "fit_expression_head", spy)
     head = storm.tl.train_expression_head(
-        adata, n_top_genes=20, model=model, epochs=1, val_groups=["bottom"], progress=False
+        adata, n_top_genes=20, model=model, head_type="frozen", epochs=1, val_groups=["bottom"], progress=False
     )
     top = adata[adata.obs["library_id"] == "top"]
     assert head.training_info["train_groups"] == ["top"]
@@ -256,7 +256,9 @@ def test_downscaled_image_gives_same_physical_patches_and_comparable_predictions
     section = real("her2st", "C3")
     genes = [str(g) for g in real("hist2st_genes")][:100]
     model = StormModel.from_pretrained()
-    head = storm.tl.train_expression_head(section, genes, model=model, epochs=3, val_groups=(), progress=False)
+    head = storm.tl.train_expression_head(
+        section, genes, model=model, head_type="frozen", epochs=3, val_groups=(), progress=False
+    )
 
     factor = 2.0
     small = section.copy()
@@ -333,7 +335,7 @@ def _restained(adata, lib, tmp_path):
 
 
 def test_stain_normalised_head_is_robust_to_another_labs_stains(adata, model, tmp_path):
-    kwargs = dict(n_top_genes=20, model=model, epochs=2, val_groups=["bottom"], progress=False)
+    kwargs = dict(n_top_genes=20, model=model, head_type="frozen", epochs=2, val_groups=["bottom"], progress=False)
     plain = storm.tl.train_expression_head(adata, **kwargs)
     normed = storm.tl.train_expression_head(adata, stain_norm=True, **kwargs)
     assert plain.setup["stain_target"] is None

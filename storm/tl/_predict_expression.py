@@ -21,17 +21,56 @@ from storm.tl._expression_features import (
 from storm.tl._utils import elapsed, start_timer
 
 
-def check_head(head: Any, model: Any) -> None:
-    """Refuse a head that is not trained, or that was trained on another encoder's features."""
-    from storm.nn import ExpressionHead
+def is_spatial_head(head: Any) -> bool:
+    """Whether ``head`` is a :class:`storm.nn.SpatialExpressionHead` (it carries its own image tower)."""
+    from storm.nn import SpatialExpressionHead
 
-    if not isinstance(head, ExpressionHead):
-        raise ValueError(f"`head` must be a storm.nn.ExpressionHead, got {type(head).__name__}.")
+    return isinstance(head, SpatialExpressionHead)
+
+
+def check_record(head: Any) -> None:
+    """Refuse what is not a trained head (no gene list, encoder identity or feature description)."""
+    from storm.nn import SavedHead
+
+    if not isinstance(head, SavedHead):
+        raise ValueError(
+            f"`head` must be a storm.nn.SpatialExpressionHead or ExpressionHead, got {type(head).__name__}."
+        )
     if head.genes is None or not head.encoder or not head.features:
         raise ValueError(
-            "This ExpressionHead has no gene list, encoder identity or feature description: train it with "
+            f"This {type(head).__name__} has no gene list, encoder identity or feature description: train it with "
             "storm.tl.train_expression_head, or load a saved one with ExpressionHead.load."
         )
+
+
+def predict_spatial(
+    adata: AnnData, head: Any, *, stain_target: Any, library_key: str = "library_id", progress: bool = False
+) -> np.ndarray:
+    """Predictions of a spatial head for every spot of ``adata`` (its patches as scanned, its windows)."""
+    from storm.tl._spatial_head_inputs import slide_inputs
+
+    setup = head.setup
+    inputs = slide_inputs(
+        adata,
+        head,
+        scales_um=setup["scales_um"],
+        patch_px=int(setup["patch_px"]),
+        window=int(setup["window"]),
+        stain_target=stain_target,
+        library_key=library_key,
+        progress=progress,
+    )
+    pred = np.zeros((adata.n_obs, head.n_genes), dtype=np.float32)
+    for inp in inputs:
+        pred[inp.rows] = head.predict(inp.bottoms[0], inp.index, inp.offsets_um).numpy()
+    return pred
+
+
+def check_head(head: Any, model: Any) -> None:
+    """Refuse a head that is not trained, or a frozen head trained on another encoder's features."""
+    check_record(head)
+    if is_spatial_head(head):
+        return  # it computes with its own tower and transformer: no model's features to match
     ours = encoder_identity(model)
     if ours["fingerprint"] != head.encoder.get("fingerprint"):
         raise ValueError(
@@ -100,10 +139,14 @@ def predict_expression(
     start = start_timer()
     if not isinstance(adata, AnnData):
         raise ValueError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+    stain_target = head_stain_target(head)
+    if is_spatial_head(head):
+        check_record(head)
+        pred = predict_spatial(adata, head, stain_target=stain_target, library_key=library_key, progress=progress)
+        return _prediction(adata, head, pred, start, stain_target=stain_target, batch_size=batch_size)
     model = resolve_model(model)
     check_head(head, model)
     names = [f["name"] for f in head.features]
-    stain_target = head_stain_target(head)
     x = spot_features(
         adata,
         model,
@@ -117,6 +160,12 @@ def predict_expression(
     if x.shape[1] != head.arch["in_dim"]:
         raise ValueError(f"Features have width {x.shape[1]} but the head expects {head.arch['in_dim']}.")
     pred = predict_with_head(head, torch.from_numpy(x), device=resolve_device(accelerator)).numpy().astype(np.float32)
+    return _prediction(adata, head, pred, start, stain_target=stain_target, batch_size=batch_size)
+
+
+def _prediction(adata: AnnData, head: Any, pred: np.ndarray, start: float, *, stain_target, batch_size: int) -> AnnData:
+    """The AnnData that :func:`predict_expression` returns."""
+    names = [f["name"] for f in head.features]
     out = AnnData(X=pred, obs=adata.obs.copy(), var=var_frame(head))
     if "spatial" in adata.obsm:
         out.obsm["spatial"] = np.asarray(adata.obsm["spatial"]).copy()
