@@ -102,7 +102,7 @@ def test_tampered_or_foreign_weight_files_are_refused(published, tmp_path, cache
         convert_efficientnet_pytorch({"layer1.0.conv1.weight": torch.zeros(1)}, "efficientnet_lite0")
     with pytest.raises(ValueError, match="lack 1 tensors"):
         convert_efficientnet_pytorch({k: v for k, v in published.items() if k != "_bn1.bias"}, "efficientnet_lite0")
-    with pytest.raises(ValueError, match="another network|lack"):  # lite1 has more blocks
+    with pytest.raises(ValueError, match=r"another network|lack"):  # lite1 has more blocks
         convert_efficientnet_pytorch(published, "efficientnet_lite1")
     with pytest.raises(ValueError, match="No pinned"):
         pretrained_weights("efficientnet_lite4")
@@ -116,10 +116,14 @@ def test_the_efficientnet_tower_in_a_storm_network_trains_with_layer_decay(cache
     module = storm.nn.StormPretrainModel(net)
     assert isinstance(module.image_encoder, EfficientNetLiteEncoder)
     groups = module.param_groups(1e-3)
-    lrs = sorted({g["lr"] for g in groups if any(p is module.image_encoder.backbone.stem[0].weight for p in g["params"])})
+    lrs = sorted(
+        {g["lr"] for g in groups if any(p is module.image_encoder.backbone.stem[0].weight for p in g["params"])}
+    )
     head_lrs = {g["lr"] for g in groups if any(p is module.image_encoder.backbone.head[0].weight for p in g["params"])}
     # the stem learns 0.7^(layers) slower than the head (the paper's decay 0.7)
-    assert lrs and head_lrs and max(lrs) < min(head_lrs) * 0.7**10
+    assert lrs
+    assert head_lrs
+    assert max(lrs) < min(head_lrs) * 0.7**10
     with torch.no_grad():
         out = module.image_encoder(torch.randint(0, 255, (2, 3, 40, 40), dtype=torch.uint8))
     assert out.shape == (2, 1280)
@@ -128,7 +132,8 @@ def test_the_efficientnet_tower_in_a_storm_network_trains_with_layer_decay(cache
 def test_hed_jitter_moves_the_stains_and_keeps_glass_and_geometry(patches):
     g = torch.Generator().manual_seed(0)
     same = hed_jitter(patches, sigma=0.0, bias=0.0)
-    assert same.dtype == torch.uint8 and same.shape == patches.shape
+    assert same.dtype == torch.uint8
+    assert same.shape == patches.shape
     assert (same.int() - patches.int()).abs().float().mean() < 1.0  # the round trip through HED is lossless
 
     jittered = hed_jitter(patches, sigma=0.2, bias=0.1, generator=g)

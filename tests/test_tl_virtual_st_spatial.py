@@ -1,4 +1,4 @@
-"""Virtual ST v2: the spatial head (EfficientNet-Lite0 tower → spatial transformer, fine-tuned) through the public API."""
+"""Virtual ST v2: the spatial head (EfficientNet-Lite0 tower → spatial transformer, fine-tuned), public API."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_spatial_head_is_the_default_and_fine_tunes_tower_and_transformer(head, 
     assert isinstance(head, SpatialExpressionHead)
     assert head.training_info["head_type"] == "spatial"
     assert len(head.val_pearson) == len(head.genes) == 12
-    assert head.setup["scales_um"] == [110.0] and head.setup["window"] == 5
+    assert head.setup["scales_um"] == [110.0]
+    assert head.setup["window"] == 5
     assert head.setup["stain_target"] is not None  # stain-normalised by default
     # its transformer started from the model's (image-only part), then trained
     theirs = model.module.encoder.blocks[0].attn.state_dict()
@@ -80,7 +81,8 @@ def test_predict_save_load_and_virtual_st_unchanged_for_the_user(head, adata, mo
     assert pred.shape == (adata.n_obs, 12)
     assert list(pred.var_names) == head.genes
     np.testing.assert_allclose(pred.var["val_pearson"].to_numpy(), np.array(head.val_pearson), equal_nan=True)
-    assert np.isfinite(pred.X).all() and float(pred.X.std(0).mean()) > 0
+    assert np.isfinite(pred.X).all()
+    assert float(pred.X.std(0).mean()) > 0
 
     folder = head.save(tmp_path / "head")
     loaded = SavedHead.load(folder, genes=head.genes)
@@ -92,7 +94,8 @@ def test_predict_save_load_and_virtual_st_unchanged_for_the_user(head, adata, mo
         SavedHead.load(folder, genes=head.genes[::-1])
 
     tiles = storm.tl.virtual_st(adata, loaded, library_id="top", tile_um=100, progress=False)
-    assert tiles.n_obs > 0 and list(tiles.var_names) == head.genes
+    assert tiles.n_obs > 0
+    assert list(tiles.var_names) == head.genes
     assert np.isfinite(tiles.X).all()
 
 
@@ -101,7 +104,7 @@ def test_spatial_head_bad_input(adata, model):
     for entry in no_image.uns["spatial"].values():
         entry["metadata"] = {}
         entry["images"] = {}
-    with pytest.raises(ValueError, match="no image at all|no usable H&E image"):
+    with pytest.raises(ValueError, match=r"no image at all|no usable H&E image"):
         _train(no_image, model)
     # 10 µm of tissue is 14 px of this image: blown up to 256 px there would be no morphology left to read
     with pytest.raises(ValueError, match="too coarse"):

@@ -46,7 +46,8 @@ class StormNetConfig:
     image_encoder
         ``"conv"`` (:class:`ConvImageEncoder`, from scratch; the offline default), ``"efficientnet_lite0"``
         (:class:`EfficientNetLiteEncoder`; :meth:`storm.models.StormModel.setup` starts it from its ImageNet
-        weights, the extra ``storm-st[efficientnet]``), ``"timm"`` (:class:`TimmImageEncoder`), ``"stain"`` (:class:`StainTextureFeaturizer`, training-free),
+        weights, the extra ``storm-st[efficientnet]``), ``"timm"`` (:class:`TimmImageEncoder`), ``"stain"``
+        (:class:`StainTextureFeaturizer`, training-free),
         ``"precomputed"`` (batches carry ``(B, W, image_feature_dim)`` features) or ``"none"`` (expression-only
         model).
     patch_px

@@ -67,7 +67,7 @@ def _round_filters(c: int, width: float, divisor: int = 8) -> int:
         return c
     c *= width
     new = max(divisor, int(c + divisor / 2) // divisor * divisor)
-    return int(new + divisor) if new < 0.9 * c else int(new)
+    return new + divisor if new < 0.9 * c else new
 
 
 class SameConv2d(nn.Conv2d):
@@ -141,7 +141,7 @@ class EfficientNetLite(nn.Module):
             c_in = 32 if i == 0 else _round_filters(st.c_in, width)
             c_out = _round_filters(st.c_out, width)
             # Lite keeps the first and the last stage's repeats fixed
-            repeats = st.repeats if i in (0, last) else int(math.ceil(depth * st.repeats))
+            repeats = st.repeats if i in (0, last) else math.ceil(depth * st.repeats)
             for r in range(repeats):
                 blocks.append(
                     MBConv(c_in if r == 0 else c_out, c_out, st.kernel, st.stride if r == 0 else 1, st.expand)
@@ -156,7 +156,7 @@ class EfficientNetLite(nn.Module):
         return len(self.blocks)
 
     def bottom(self, x: torch.Tensor, stop: int) -> torch.Tensor:
-        """The stem and blocks ``[0, stop)`` of ImageNet-normalised input ``(N, 3, H, W)``: a feature map."""
+        """Run the stem and blocks ``[0, stop)`` on ImageNet-normalised input ``(N, 3, H, W)``: a feature map."""
         x = self.stem(x)
         for block in self.blocks[:stop]:
             x = block(x)

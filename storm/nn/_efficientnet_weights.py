@@ -96,7 +96,8 @@ def convert_efficientnet_pytorch(state: dict[str, torch.Tensor], variant: str) -
         A tensor of another network (unknown name, wrong shape), or a tensor of the network missing: the file is
         not the weights of ``variant``.
     """
-    own = EfficientNetLite(variant).state_dict()
+    with torch.device("meta"):  # shapes only: no memory, and no draw from the global random generator
+        own = EfficientNetLite(variant).state_dict()
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.startswith(_DROPPED):
@@ -172,7 +173,9 @@ def pretrained_weights(variant: str = "efficientnet_lite0", *, source: str | Pat
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     # one metadata key: safetensors writes several in a random (hash-map) order, which would change the file's sha256
-    save_file(dict(sorted(tensors.items())), str(tmp), metadata={"source": f"{spec.package} {spec.member} {spec.sha256}"})
+    save_file(
+        dict(sorted(tensors.items())), str(tmp), metadata={"source": f"{spec.package} {spec.member} {spec.sha256}"}
+    )
     _check(tmp, spec.converted_sha256, "converted weights")
     tmp.replace(cached)
     return cached

@@ -66,7 +66,7 @@ class SavedHead(nn.Module):
 
     @classmethod
     def from_arch(cls, arch: Mapping[str, Any]) -> SavedHead:
-        """A fresh head of the architecture ``arch`` (what :meth:`save` records)."""
+        """Build a fresh head of the architecture ``arch`` (what :meth:`save` records)."""
         raise NotImplementedError  # pragma: no cover - each kind defines it
 
     # ------------------------------------------------------------------ persistence
@@ -263,7 +263,7 @@ class ExpressionHead(SavedHead):
 
     @classmethod
     def from_arch(cls, arch: Mapping[str, Any]) -> ExpressionHead:
-        """A fresh head of the architecture ``arch``."""
+        """Build a fresh head of the architecture ``arch``."""
         return cls(
             int(arch["in_dim"]),
             int(arch["n_genes"]),

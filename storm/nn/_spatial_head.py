@@ -30,7 +30,7 @@ __all__ = ["SlideTensors", "SpatialExpressionHead", "fit_spatial_head", "image_o
 
 
 def image_only_encoder(encoder: SpatialEncoder, image_dim: int) -> SpatialEncoder:
-    """The image-only part of a STORM spatial transformer, for image tokens of width ``image_dim``.
+    """Copy the image-only part of a STORM spatial transformer, for image tokens of width ``image_dim``.
 
     Attention, the image expert and its norms of every block, the image modality embedding, the centre embedding
     and the final norm are copied; the image input projection too when its width matches ``image_dim``, otherwise
@@ -174,7 +174,7 @@ class SpatialExpressionHead(SavedHead):
 
     @classmethod
     def from_arch(cls, arch: Mapping[str, Any]) -> SpatialExpressionHead:
-        """A fresh head of the architecture ``arch``."""
+        """Build a fresh head of the architecture ``arch``."""
         arch = dict(arch)
         return cls(int(arch.pop("n_genes")), **arch)
 

@@ -164,7 +164,7 @@ def predict_expression(
 
 
 def _prediction(adata: AnnData, head: Any, pred: np.ndarray, start: float, *, stain_target, batch_size: int) -> AnnData:
-    """The AnnData that :func:`predict_expression` returns."""
+    """Build the AnnData that :func:`predict_expression` returns."""
     names = [f["name"] for f in head.features]
     out = AnnData(X=pred, obs=adata.obs.copy(), var=var_frame(head))
     if "spatial" in adata.obsm:

@@ -15,7 +15,7 @@ from storm._logging import logger
 
 
 def spatial_head_from_model(model: Any, n_genes: int, *, n_scales: int, trainable_blocks: int, window: int, **kw: Any):
-    """A :class:`storm.nn.SpatialExpressionHead` started from ``model``: its transformer, its tower or ImageNet's.
+    """Build a :class:`storm.nn.SpatialExpressionHead` from ``model``: its transformer, its tower or ImageNet's.
 
     The transformer (image-only part) is the model's; the EfficientNet-Lite tower is the model's image encoder when
     it is one (``image_encoder: efficientnet_lite0``), otherwise the ImageNet weights (the extra
