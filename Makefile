@@ -14,11 +14,16 @@ ifneq ($(wildcard ../shared/data/MANIFEST.tsv),)
 export STORM_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 export MPLBACKEND ?= agg
+# The notebook tests keep their executed copies here; `make docs` renders them instead of executing them again.
+export STORM_EXECUTED_NOTEBOOKS ?= $(abspath $(RESULTS))/executed
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.storm-installed
+DOC_STAMP := $(VENV)/.storm-doc-installed
+DOCS_HTML := docs/_build/html
+SCREENSHOTS := docs/_build/screenshots
 
-.PHONY: env quickstart test figures lint benchmarks clean
+.PHONY: env quickstart test figures lint benchmarks clean docs-env docs docs-browser docs-check
 
 env: $(STAMP)
 
@@ -46,9 +51,30 @@ figures: env
 test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The documentation (docs/): Sphinx, warnings are errors; `doc` dependency group on top of `make env`.
+docs-env: $(DOC_STAMP)
+
+$(DOC_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --group doc
+	touch $@
+
+docs: docs-env
+	$(BIN)/sphinx-build -W --keep-going -b html docs $(DOCS_HTML)
+	@echo "Documentation: $(DOCS_HTML)/index.html"
+
+# Debian's chromium and its WebDriver (a browser that downloads its own build cannot be installed here).
+docs-browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver; }
+
+# Headless chromium over the built site: pages render, images load, no console error, no broken internal link.
+docs-check: docs docs-browser
+	$(BIN)/python tools/check_docs_browser.py $(DOCS_HTML) --screenshots $(SCREENSHOTS)
+
 lint: env
 	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/ruff check storm tests benchmarks && $(BIN)/ruff format --check storm tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(RESULTS) .pytest_cache
+	rm -rf $(VENV) $(RESULTS) .pytest_cache docs/_build docs/api docs/tutorials/*.ipynb docs/figures/*.ipynb

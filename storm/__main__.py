@@ -1,4 +1,4 @@
-"""Command line: ``storm pretrain CONFIG.yaml [options]`` (also ``python -m storm pretrain …``)."""
+"""Command line: ``storm pretrain CONFIG.yaml``, ``storm features COHORT.csv --out DIR`` (also ``python -m storm``)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume-from", help="checkpoint to resume from, or 'last' (overrides trainer.resume_from)")
     p.add_argument("--no-pretraining", action="store_true", help="save the initialised model without training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    f = commands.add_parser(
+        "features",
+        help="tile, embed and predict every slide of a cohort (one feature file per slide)",
+        description=(
+            "Tile the tissue of every slide of COHORT (a CSV with columns slide_id, path and optionally "
+            "microns_per_pixel), embed the tiles and predict their expression with HEAD; write OUT/<slide_id>.h5ad "
+            "per slide (storm.tl.cohort_features). Slides already written are skipped: a killed run resumes. "
+            "Several GPUs or nodes: --accelerator gpu --devices N --strategy ddp [--num-nodes M]."
+        ),
+    )
+    f.add_argument("cohort", help="cohort CSV: slide_id, path[, microns_per_pixel]")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--head", required=True, help="folder of a saved expression head (ExpressionHead.save)")
+    f.add_argument("--model", help="folder of a saved model, or a model name (default: the embedded storm-mini)")
+    f.add_argument("--tile-um", type=float, default=55.0, help="tile side in µm (default 55)")
+    f.add_argument("--min-tissue-fraction", type=float, default=0.5, help="keep tiles this much tissue (default 0.5)")
+    f.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass (default 256)")
+    f.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (Lightning)")
+    f.add_argument("--devices", default="auto", help="devices per node: a number, or auto (Lightning)")
+    f.add_argument("--strategy", default="auto", help="auto or ddp (Lightning)")
+    f.add_argument("--num-nodes", type=int, default=1, help="nodes (Lightning)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -65,6 +88,32 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features(args: argparse.Namespace) -> int:
+    from storm.models import StormModel
+    from storm.nn import ExpressionHead
+    from storm.tl import cohort_features
+
+    model = StormModel.from_pretrained(args.model)
+    summary = cohort_features(
+        args.cohort,
+        args.out,
+        head=ExpressionHead.load(args.head),
+        model=model,
+        tile_um=args.tile_um,
+        min_tissue_fraction=args.min_tissue_fraction,
+        batch_size=args.batch_size,
+        accelerator=args.accelerator,
+        devices=int(args.devices) if args.devices.isdigit() else args.devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        progress=not args.quiet,
+    )
+    failed = summary[summary["status"] == "failed"]
+    for slide, error in failed["error"].items():
+        print(f"storm features: slide {slide} failed: {error}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``storm`` command.
 
@@ -82,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pretrain":
             return _pretrain(args)
+        if args.command == "features":
+            return _features(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"storm {args.command}: error: {err}", file=sys.stderr)
         return 2

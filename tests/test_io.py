@@ -12,7 +12,6 @@ import pytest
 from scipy import sparse
 
 import storm.io
-from storm._logging import logger
 from storm.datasets import fetch, visium_fixture_folder
 from storm.io import (
     LazyImage,
@@ -25,15 +24,6 @@ from storm.io import (
 )
 
 HER2ST = "her2st/data/"
-
-
-@pytest.fixture
-def storm_log(caplog: pytest.LogCaptureFixture):
-    """Let pytest see storm's log records (the package logger does not propagate by default)."""
-    logger.propagate = True
-    caplog.set_level("INFO", logger="storm")
-    yield caplog
-    logger.propagate = False
 
 
 def check_layout(adata, library_id: str, platform: str) -> None:
@@ -317,3 +307,69 @@ def test_read_image_is_reexported():
     assert img.shape == (1717, 950, 3)
     assert not img.decoded
     assert set(storm.io.__all__) >= {"read_visium", "read_legacy_st", "read_rda", "read_summarized_experiment"}
+
+
+def test_16_bit_values_in_a_non_uint16_integer_image_are_rescaled_not_clipped():
+    from storm.io._spatial import to_rgb_uint8
+
+    ramp = np.linspace(0, 65535, 12 * 3).reshape(3, 4, 3).astype(np.int64)
+    out = to_rgb_uint8(ramp)
+    np.testing.assert_array_equal(out, to_rgb_uint8(ramp.astype(np.uint16)))  # as if it were a uint16 file
+    assert out.max() == 255
+    assert len(np.unique(out)) == ramp.size  # a ramp stays a ramp, not white
+    np.testing.assert_array_equal(to_rgb_uint8(np.full((2, 2, 3), 200, np.int32)), np.full((2, 2, 3), 200))  # 8-bit
+
+
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (np.zeros((8, 8, 2), np.uint8), r"shape \(8, 8, 2\).*a 2-channel image is not one"),
+        (
+            np.where(np.eye(8, dtype=bool)[..., None], np.nan, 0.5).repeat(3, axis=2),
+            r"24 NaN .*nan_to_num",
+        ),
+        (np.full((4, 4, 3), -1, np.int16), "negative pixel values"),
+        (np.full((4, 4, 3), 70_000, np.int64), "more than 16 bits"),
+        (np.full((4, 4, 3), "a", dtype=object), "holds object values"),
+    ],
+)
+def test_bad_image_arrays_are_refused_with_advice(image, match):
+    from storm.io._spatial import to_rgb_uint8
+
+    with pytest.raises(ValueError, match=match):
+        to_rgb_uint8(image)
+
+
+def _png_bomb(path: Path, side: int) -> Path:
+    """A valid 1-bit PNG declaring ``side`` × ``side`` pixels, all black: a few KB that decode to gigabytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes((side + 7) // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_png_is_refused_before_decoding(tmp_path, monkeypatch):
+    import storm._image_memory as image_memory
+    from storm.train import decode_image
+
+    bomb = _png_bomb(tmp_path / "bomb.png", 12_000)
+    assert bomb.stat().st_size < 100_000
+    assert image_memory.decode_bytes(12_000, 12_000, "1") == 12_000**2 * 8
+    monkeypatch.setattr(image_memory, "available_memory", lambda: 1_000_000_000)  # 1 GB free: 1.15 GB needed
+    lazy = storm.io.LazyImage(bomb)  # the header alone: fine
+    assert lazy.shape == (12_000, 12_000, 3)
+    with pytest.raises(ValueError, match=r"Refusing to decode .*12,000 × 12,000 px.*1\.2 GB.*tiled pyramidal TIFF"):
+        lazy.load()
+    assert not lazy.decoded
+    with pytest.raises(ValueError, match="Refusing to decode"):
+        decode_image(bomb)
+    with pytest.raises(ValueError, match="Refusing to decode"):
+        lazy.thumbnail(2000)  # PNG has no draft mode: the thumbnail decodes the whole image too

@@ -1,4 +1,4 @@
-"""Self-supervised adaptation (StormModel.adapt): new genes appended, old weights kept, the input model untouched."""
+"""Self-supervised adaptation (storm.train.adapt): new genes appended, old weights kept, the input model untouched."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 from _data import real
 
+import storm
 from storm.models import StormModel, extend_genes
 from storm.nn import StormNetConfig, StormPretrainModel
 
@@ -61,7 +62,7 @@ def test_extend_genes_keeps_the_model_for_known_genes(model, merfish):
 
 def test_adapt_reads_the_whole_panel_and_leaves_the_model_alone(model, merfish):
     before = {k: v.clone() for k, v in model.module.inference_state_dict().items()}
-    adapted = model.adapt(merfish, steps=3, batch_size=32, progress=False)
+    adapted = storm.train.adapt(model, merfish, steps=3, batch_size=32, progress=False)
     assert model.gene_coverage(merfish)["n_used"] == 31
     assert adapted.gene_coverage(merfish)["n_used"] == merfish.n_vars == 155
     assert adapted.genes[: len(model.genes)] == model.genes
@@ -71,21 +72,21 @@ def test_adapt_reads_the_whole_panel_and_leaves_the_model_alone(model, merfish):
     assert emb.shape == (merfish.n_obs, model.dim)
     assert np.isfinite(emb).all()
     # deterministic for a seed
-    again = model.adapt(merfish, steps=3, batch_size=32, progress=False).embed(
+    again = storm.train.adapt(model, merfish, steps=3, batch_size=32, progress=False).embed(
         merfish, mode="expression", progress=False
     )
     np.testing.assert_allclose(emb, again, atol=1e-5)
 
 
 def test_adapt_without_new_genes_keeps_the_gene_list(model, merfish):
-    adapted = model.adapt(merfish, steps=3, batch_size=32, new_genes=False, progress=False)
+    adapted = storm.train.adapt(model, merfish, steps=3, batch_size=32, new_genes=False, progress=False)
     assert adapted.genes == model.genes
 
 
 def test_adapt_bad_input(model, merfish):
     with pytest.raises(ValueError, match="steps"):
-        model.adapt(merfish, steps=0)
+        storm.train.adapt(model, merfish, steps=0)
     with pytest.raises(ValueError, match="at least `batch_size`"):
-        model.adapt(merfish[:20].copy(), batch_size=64)
+        storm.train.adapt(model, merfish[:20].copy(), batch_size=64)
     with pytest.raises(TypeError, match="AnnData"):
-        model.adapt([])
+        storm.train.adapt(model, [])

@@ -9,6 +9,7 @@ import pytest
 import torch
 from _data import TINY_NET, real
 
+from storm._files import write_manifest
 from storm.models import StormModel, StormModelConfig, resolve_device
 from storm.models._checkpoint import EMBEDDED_MODELS
 from storm.nn import StormNetConfig
@@ -106,7 +107,7 @@ def test_embed_errors(adata, model):
 
 
 def test_save_load_bit_identical(adata, model, saved):
-    assert sorted(p.name for p in saved.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in saved.iterdir()) == ["SHA256SUMS", "config.json", "model.safetensors"]
     body = json.loads((saved / "config.json").read_text())
     assert body["genes"] == model.genes
     assert body["net"]["dim"] == 16
@@ -157,7 +158,28 @@ def test_load_refuses_mismatched_config(saved, tmp_path, edit, message):
     body = json.loads((bad / "config.json").read_text())
     edit(body)
     (bad / "config.json").write_text(json.dumps(body))
+    write_manifest(bad, ["config.json", "model.safetensors"])  # checksums that match: the contents are judged
     with pytest.raises(ValueError, match=message):
+        StormModel.load(bad)
+
+
+def test_load_refuses_a_config_with_reordered_genes(saved, tmp_path):
+    """Same length, other order: every gene would be read into another gene's embedding; the manifest refuses it."""
+    bad = _copy(saved, tmp_path)
+    body = json.loads((bad / "config.json").read_text())
+    body["genes"] = body["genes"][::-1]
+    (bad / "config.json").write_text(json.dumps(body, indent=1) + "\n")
+    with pytest.raises(ValueError, match=r"config.json is refused: its sha256 .* differs from the one in SHA256SUMS"):
+        StormModel.load(bad)
+
+
+def test_load_refuses_a_folder_without_manifest(saved, tmp_path):
+    bad = _copy(saved, tmp_path)
+    (bad / "SHA256SUMS").unlink()
+    with pytest.raises(ValueError, match=r"no SHA256SUMS.*sha256sum config.json model.safetensors > SHA256SUMS"):
+        StormModel.load(bad)
+    (bad / "SHA256SUMS").write_text(f"{'0' * 64}  model.safetensors\n")
+    with pytest.raises(ValueError, match=r"lists no checksum of \['config.json'\]"):
         StormModel.load(bad)
 
 
@@ -179,6 +201,28 @@ def test_from_pretrained_local_embedded_and_hub(saved, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(FileNotFoundError, match=r"HF_HUB_OFFLINE.*hf download"):
         StormModel.from_pretrained("storm-st/no-such-model")
+
+
+def test_from_pretrained_mistyped_relative_folder_is_not_sent_to_the_hub(monkeypatch, tmp_path):
+    """'runs/storm-mini' looks like a Hub id 'owner/name'; where ./runs exists it is a local path with a typo."""
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("sent to the Hugging Face Hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"No model folder at 'runs/storm-mini': the folder 'runs' exists"):
+        StormModel.from_pretrained("runs/storm-mini")
+
+
+def test_from_pretrained_hub_failure_says_no_local_folder_exists(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FileNotFoundError, match=r"No local folder 'runs/storm-mini' exists"):
+        StormModel.from_pretrained("runs/storm-mini")
 
 
 def test_config_validation():

@@ -324,3 +324,11 @@ def test_her2st_windows_on_the_square_grid():
     # measured positions: legacy ST spots sit up to ~25 % off their nominal 200 µm grid, the median is on it
     assert np.median(dist) == pytest.approx(200.0, rel=0.03)
     np.testing.assert_allclose(dist, 200.0, rtol=0.3)
+
+
+def test_all_spots_out_of_tissue_warns_that_windows_are_centre_only(storm_log):
+    adata = grid_adata("visium")
+    adata.obs["in_tissue"] = 0
+    w = pp.spatial_windows(adata)
+    assert (w.n_valid == 1).all()
+    assert "every spot of slide(s) ['A'] has obs['in_tissue'] = 0" in storm_log.text

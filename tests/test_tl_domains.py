@@ -194,7 +194,7 @@ def test_kmeans_on_the_centre_embedding_is_the_papers_protocol():
 
 
 def test_reduce_rep_standardises_then_keeps_the_leading_components():
-    from storm.tl._domains import reduce_rep
+    from storm._gmm import reduce_rep
 
     rng = np.random.default_rng(0)
     rep = rng.normal(size=(200, 6)) * np.array([100.0, 1, 1, 1, 1, 0.01])
@@ -250,3 +250,12 @@ def test_gmm_retries_with_more_regularisation_when_a_fit_fails(monkeypatch):
     storm.tl.domains(adata, 5, method="gmm")
     assert seen == pytest.approx([1e-6, 1e-4])
     assert ari(adata.obs["truth"], adata.obs["storm_domains"]) == pytest.approx(1.0)
+
+
+def test_gmm_unknown_covariance_type_is_refused_without_retries(caplog):
+    adata = blobs()
+    before = snapshot(adata)
+    with caplog.at_level("WARNING", logger="storm"), pytest.raises(ValueError, match="`covariance_type` must be one"):
+        storm.tl.domains(adata, 5, method="gmm", covariance_type="foo")
+    assert "retrying" not in caplog.text
+    assert_unchanged(adata, before)

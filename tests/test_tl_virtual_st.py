@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -11,6 +12,7 @@ from _data import TINY_NET, real
 from PIL import Image
 
 import storm
+from storm._files import write_manifest
 from storm.models import StormModel
 from storm.nn import ExpressionHead
 from storm.tl._expression_head import split_by_group
@@ -130,10 +132,23 @@ def test_head_save_load_and_refusals(head, model, adata, tmp_path):
     cfg = json.loads((folder / "head.json").read_text())
     cfg["surprise"] = 1
     (folder / "head.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"head.json is refused: its sha256"):
+        ExpressionHead.load(folder)
+    write_manifest(folder, ["head.json", "head.safetensors"])  # checksums that match: the contents are judged
     with pytest.raises(ValueError, match="unknown keys"):
         ExpressionHead.load(folder)
     with pytest.raises(ValueError, match="no gene list"):
         storm.tl.predict_expression(adata, ExpressionHead(4, 2), model=model)
+
+
+def test_head_json_with_reordered_genes_is_refused(head, tmp_path):
+    """Same genes in another order would put each prediction under another gene's name."""
+    folder = head.save(tmp_path / "head")
+    cfg = json.loads((folder / "head.json").read_text())
+    cfg["genes"] = cfg["genes"][::-1]
+    (folder / "head.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    with pytest.raises(ValueError, match=r"head.json is refused: its sha256 .* SHA256SUMS"):
+        ExpressionHead.load(folder)
 
 
 def test_predict_expression_layout_and_bad_input(head, model, adata):
@@ -358,3 +373,38 @@ def test_stain_normalised_head_is_robust_to_another_labs_stains(adata, model, tm
     assert shift["normed"] < shift["plain"] / 2, shift
     tiles = storm.tl.virtual_st(restained, normed, model=model, library_id="bottom", progress=False)
     assert tiles.uns["virtual_st"]["params"]["stain_normalized"] is True
+
+
+def test_val_groups_given_as_one_string_is_one_group():
+    assert split_by_group(["C3", "C4", "C5"], val_groups="C3") == (["C4", "C5"], ["C3"])
+
+
+def test_train_expression_head_warns_on_a_lowres_only_slide(adata, storm_log):
+    """55 µm at the low-resolution image's 0.17 scale are 13 px for a 64-px patch: colour, not morphology."""
+    model64 = StormModel.setup(adata, n_top_genes=60, net=TINY_NET | {"patch_px": 64}, random_state=0)
+    lowres_only = adata.copy()
+    for entry in lowres_only.uns["spatial"].values():
+        entry["images"] = {"lowres": entry["images"]["lowres"]}
+        entry["metadata"] = {k: v for k, v in entry["metadata"].items() if k != "fullres_path"}
+    kwargs = {
+        "n_top_genes": 5,
+        "model": model64,
+        "head_type": "frozen",
+        "epochs": 1,
+        "val_groups": "bottom",
+        "progress": False,
+    }
+    storm.tl.train_expression_head(adata, **kwargs)
+    assert "too coarse" not in storm_log.text  # the hires image gives 44 px: fine
+    storm.tl.train_expression_head(lowres_only, **kwargs)
+    expected = r"train_expression_head: the image of slide\(s\) \['top', 'bottom'\] is too coarse"
+    assert re.search(expected, storm_log.text)
+
+
+def test_predict_expression_refuses_a_head_whose_genes_no_longer_match(head, model, adata):
+    import copy
+
+    broken = copy.deepcopy(head)
+    broken.genes = broken.genes[:-1]
+    with pytest.raises(ValueError, match=r"has 20 outputs but 19 names in `head.genes`.*another gene's name"):
+        storm.tl.predict_expression(adata, broken, model=model, progress=False)

@@ -2,8 +2,8 @@
 
     python tools/ship_model.py runs/storm-mini --name storm-mini --config storm/train/configs/storm_mini.yaml
 
-Writes storm/models/weights/<name>/: model.safetensors and config.json (as saved by the run), training_metrics.csv
-(the run's loss log) and MODEL_CARD.md, whose figures are all read from those files.
+Writes storm/models/weights/<name>/: model.safetensors, config.json and SHA256SUMS (as saved by the run),
+training_metrics.csv (the run's loss log) and MODEL_CARD.md, whose figures are all read from those files.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
 
     target = ROOT / "storm" / "models" / "weights" / args.name
     target.mkdir(parents=True, exist_ok=True)
-    for file in ("model.safetensors", "config.json"):
+    for file in ("model.safetensors", "config.json", "SHA256SUMS"):
         shutil.copyfile(args.run / "model" / file, target / file)
     log = pd.read_csv(args.run / "logs" / "metrics.csv")
     log.to_csv(target / "training_metrics.csv", index=False)

@@ -189,7 +189,7 @@ def tcell_inflamed_gep(
         cut-offs do not transfer; its ordering of patients is what it is used for here. ``"zscore"``: unweighted
         mean of the genes' z-scores across samples (:func:`signature_score`), a cohort-relative variant.
     housekeeping
-        Subtract each sample's mean of the assay's 11 housekeeping genes (:data:`GEP_HOUSEKEEPING`) first, as the
+        Subtract each sample's mean of the assay's 11 housekeeping genes (``GEP_HOUSEKEEPING``) first, as the
         published algorithm does. ``None``: when at least 6 of them are present. TPM is already normalised for
         sequencing depth, so the step matters less on RNA-seq; PredictioR's ~1,800-gene panels lack all of them.
     pseudocount, offset, layer
@@ -303,9 +303,10 @@ def biomarker_table(
 
     Returns
     -------
-    Patients × biomarkers DataFrame. A biomarker the data cannot give (genes or TMB absent) is left out, with a
-    logged warning. ``attrs['coverage']``: per requested biomarker, a short text (``"16/18 genes (missing CD276,
-    PSMB10)"``, ``"152/195 patients"``, ``"not available: ..."``), also logged.
+    pandas.DataFrame
+        Patients × biomarkers DataFrame. A biomarker the data cannot give (genes or TMB absent) is left out, with a
+        logged warning. ``attrs['coverage']``: per requested biomarker, a short text (``"16/18 genes (missing CD276,
+        PSMB10)"``, ``"152/195 patients"``, ``"not available: ..."``), also logged.
     """
     unknown = sorted(set(biomarkers) - {"CD274", "CYT", "GEP", "TMB"})
     if unknown:

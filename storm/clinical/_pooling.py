@@ -167,7 +167,20 @@ def pool_hazard_ratios(table: pd.DataFrame, *, method: Literal["DL", "FE"] = "DL
 
 
 def hanley_mcneil_se(auc: Any, n_pos: Any, n_neg: Any) -> np.ndarray:
-    """Return the standard error of an AUC from its value and class sizes (Hanley & McNeil 1982, eq. 2)."""
+    """Return the standard error of an AUC from its value and class sizes (Hanley & McNeil 1982, eq. 2).
+
+    Parameters
+    ----------
+    auc
+        AUC(s), scalar or array.
+    n_pos, n_neg
+        Number of positive and negative cases, broadcast against ``auc``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The standard error(s), shaped as the broadcast inputs.
+    """
     a, n1, n2 = (np.asarray(x, dtype=float) for x in (auc, n_pos, n_neg))
     q1, q2 = a / (2 - a), 2 * a**2 / (1 + a)
     variance = (a * (1 - a) + (n1 - 1) * (q1 - a**2) + (n2 - 1) * (q2 - a**2)) / (n1 * n2)

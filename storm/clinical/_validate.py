@@ -95,8 +95,19 @@ def _check_lengths(columns: Mapping[str, np.ndarray]) -> int:
 
 
 def drop_missing(columns: dict[str, np.ndarray], *, context: str) -> np.ndarray:
-    """Boolean mask of rows complete in every column; warns with the count dropped, errors if none is left."""
+    """Boolean mask of rows complete in every column; warns with the count dropped, errors if none is left.
+
+    NaN is missing (dropped with a warning); an infinite value is an error, since it is no measurement at all.
+    """
     n = _check_lengths(columns)
+    for name, values in columns.items():
+        infinite = np.isinf(values) if np.issubdtype(np.asarray(values).dtype, np.number) else np.zeros(n, bool)
+        if infinite.any():
+            raise ValueError(
+                f"{context}: {int(infinite.sum())} of {n} values of `{name}` are infinite (first at position "
+                f"{int(np.flatnonzero(infinite)[0])}). Replace them with finite values, or with NaN to drop those "
+                "patients (e.g. `np.where(np.isinf(x), np.nan, x)`)."
+            )
     keep = np.ones(n, dtype=bool)
     for values in columns.values():
         keep &= ~pd.isna(values)
@@ -111,7 +122,7 @@ def drop_missing(columns: dict[str, np.ndarray], *, context: str) -> np.ndarray:
 
 
 def check_survival(time: np.ndarray, event: np.ndarray, *, context: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate complete survival data: finite non-negative times, 0/1 events, at least one event."""
+    """Validate complete survival data: finite non-negative times, not all equal, 0/1 events, at least one event."""
     if not np.isfinite(time).all():
         raise ValueError(f"{context}: survival times must be finite.")
     if (time < 0).any():
@@ -119,6 +130,12 @@ def check_survival(time: np.ndarray, event: np.ndarray, *, context: str) -> tupl
     if not np.isin(event, (0, 1)).all():
         bad = sorted(set(np.unique(event)) - {0.0, 1.0})[:5]
         raise ValueError(f"{context}: event flags must be 0/1 (or bool), got {bad}.")
+    if len(time) > 1 and np.all(time == time[0]):
+        raise ValueError(
+            f"{context}: all {len(time)} follow-up times are {time[0]:g}, so no two patients can be ordered and "
+            "a survival statistic is meaningless. Check that `time` is the follow-up column (time to event or to "
+            "last contact)."
+        )
     event = event.astype(bool)
     if not event.any():
         raise ValueError(

@@ -8,10 +8,12 @@ from ._her2st import her2st, her2st_sections, hist2st_genes
 from ._icb import icb_cohort, icb_cohorts, icb_event_check
 from ._registry import registry
 from ._single_cell import cosmx_nsclc, merfish_preoptic, vendor_folder, xenium_breast
+from ._wsi import cmu_small_region
 
 __all__ = [
     "ChecksumError",
     "DataUnavailableError",
+    "cmu_small_region",
     "cosmx_nsclc",
     "dlpfc",
     "dlpfc_sections",

@@ -60,12 +60,21 @@ def fetch(name: str) -> Path:
     ChecksumError
         A cached, mirrored or downloaded file has another sha256 than the registry's.
     DataUnavailableError
-        The file is nowhere locally and cannot be downloaded (offline, or a file that only exists in a mirror).
+        A folder of ``$STORM_DATA_MIRROR`` does not exist, or the file is nowhere locally and cannot be downloaded
+        (offline, or a file that only exists in a mirror).
     """
     try:
         entry = registry()[name]
     except KeyError:
         raise KeyError(f"{name!r} is not in storm's data registry; see storm.datasets.registry().") from None
+
+    mirrors = mirror_dirs()
+    absent = [str(m) for m in mirrors if not m.is_dir()]
+    if absent:
+        raise DataUnavailableError(
+            f"{MIRROR_ENV} names {absent}, which {'does' if len(absent) == 1 else 'do'} not exist (or is not a "
+            f"folder). Fix the path(s) in {MIRROR_ENV}, or unset it to use the cache and downloads only."
+        )
 
     cached = data_dir() / entry.mirror_path
     if cached.is_file():
@@ -74,9 +83,11 @@ def fetch(name: str) -> Path:
             return cached
         except ChecksumError as err:
             logger.warning("%s Removing it and fetching the file again.", err)
-            cached.unlink()
+            cached.unlink(missing_ok=True)  # another process may have removed it first
+        except FileNotFoundError:
+            pass  # removed by another process between the check and the read: fetch it again below
 
-    for mirror in mirror_dirs():
+    for mirror in mirrors:
         candidate = mirror / entry.mirror_path
         if candidate.is_file():
             _verify(candidate, entry, "Mirrored")

@@ -67,22 +67,23 @@ def visium_fixture() -> AnnData:
 
     Returns
     -------
-    AnnData of 49 spots × 1,999 genes:
+    anndata.AnnData
+        AnnData of 49 spots × 1,999 genes:
 
-    - ``.X``: counts, float32 CSR, recovered from the stored ``log1p(normalize_total)`` values (each spot's
-      expm1 values divided by their minimum: integers to 1e-3); ``.layers['lognorm']``: the values as stored;
-    - ``var_names``: gene symbols; ``var['gene_ids']`` Ensembl ids; squidpy's HVG columns;
-    - ``obs['in_tissue']``, ``obs['leiden']`` (squidpy's clusters), ``obs['array_row']``, ``obs['array_col']``
-      (int; reconstructed from the pixel positions on the hexagonal grid, the h5ad has none: relative to the crop,
-      not the slide), ``obs['library_id']`` (``'V1_Adult_Mouse_Brain'``);
-    - ``obsm['spatial']``: float64 (x, y) in pixels of the full-resolution crop ``test_img.jpg``; squidpy's
-      ``X_pca``/``X_umap`` and neighbour graphs are kept;
-    - ``uns['spatial']['V1_Adult_Mouse_Brain']``: ``images`` ``'hires'`` (1,000 px) and ``'lowres'`` (300 px)
-      thumbnails of ``test_img.jpg``; ``scalefactors`` ``tissue_hires_scalef``, ``tissue_lowres_scalef``,
-      ``spot_diameter_fullres`` (Space Ranger's), ``microns_per_pixel`` (≈ 0.73, fitted from the 100 µm grid),
-      ``spot_pitch_fullres``; ``metadata`` ``platform='visium'``, ``fullres_path`` (``test_img.jpg``),
-      ``fullres_shape`` ``[1717, 950]``, ``source``, and Space Ranger's ``chemistry_description`` and
-      ``software_version``.
+        - ``.X``: counts, float32 CSR, recovered from the stored ``log1p(normalize_total)`` values (each spot's
+          expm1 values divided by their minimum: integers to 1e-3); ``.layers['lognorm']``: the values as stored;
+        - ``var_names``: gene symbols; ``var['gene_ids']`` Ensembl ids; squidpy's HVG columns;
+        - ``obs['in_tissue']``, ``obs['leiden']`` (squidpy's clusters), ``obs['array_row']``, ``obs['array_col']``
+          (int; reconstructed from the pixel positions on the hexagonal grid, the h5ad has none: relative to the crop,
+          not the slide), ``obs['library_id']`` (``'V1_Adult_Mouse_Brain'``);
+        - ``obsm['spatial']``: float64 (x, y) in pixels of the full-resolution crop ``test_img.jpg``; squidpy's
+          ``X_pca``/``X_umap`` and neighbour graphs are kept;
+        - ``uns['spatial']['V1_Adult_Mouse_Brain']``: ``images`` ``'hires'`` (1,000 px) and ``'lowres'`` (300 px)
+          thumbnails of ``test_img.jpg``; ``scalefactors`` ``tissue_hires_scalef``, ``tissue_lowres_scalef``,
+          ``spot_diameter_fullres`` (Space Ranger's), ``microns_per_pixel`` (≈ 0.73, fitted from the 100 µm grid),
+          ``spot_pitch_fullres``; ``metadata`` ``platform='visium'``, ``fullres_path`` (``test_img.jpg``),
+          ``fullres_shape`` ``[1717, 950]``, ``source``, and Space Ranger's ``chemistry_description`` and
+          ``software_version``.
 
     References
     ----------

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from storm._image_memory import check_decode_fits
+
 # 2.5 gigapixels: above every H&E image that fits in memory as one array (a 50k × 50k scan); pyramidal whole-slide
 # images go through their own reader instead. PIL's own bomb guard (89 Mpx) is below a 9,300-px HER2ST scan.
 DEFAULT_MAX_PIXELS = 2_500_000_000
@@ -70,8 +72,13 @@ class LazyImage:
             Image.MAX_IMAGE_PIXELS = previous
 
     def load(self) -> np.ndarray:
-        """Decode (once) and return the full-resolution image as a uint8 (height, width, 3) array."""
+        """Decode (once) and return the full-resolution image as a uint8 (height, width, 3) array.
+
+        Refused (``ValueError``) before decoding when the pixels would take over half of the memory available.
+        """
         if self._array is None:
+            height, width, _ = self.shape
+            check_decode_fits(self.path, width, height, self.mode)
             try:
                 with self._open() as im:
                     # convert() copies even an RGB image: skip it then (a 9,300-px scan is 275 MB per copy)
@@ -97,6 +104,7 @@ class LazyImage:
         try:
             with self._open() as im:
                 im.draft("RGB", size)  # JPEG: decode at a reduced scale directly; other formats ignore it
+                check_decode_fits(self.path, *im.size, im.mode)  # after draft: the size that will be decoded
                 thumb = im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
         except OSError as err:
             raise ValueError(f"Could not decode {self.path}: {err}. The file may be truncated or corrupt.") from err

@@ -66,20 +66,59 @@ def check_fit(rms_px: float, pitch_px: float, library_id: str) -> None:
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Return an (h, w, 3) uint8 RGB array from a PIL-read array (grey, RGBA, 16-bit or float images included)."""
+    """Return an (h, w, 3) uint8 RGB array from a PIL-read or user-given image array.
+
+    Grey ``(h, w)`` or ``(h, w, 1)`` is repeated to RGB, RGBA drops its alpha; floats in [0, 1] are scaled by 255;
+    integer images whose values exceed 255 but fit 16 bits (``uint16`` or any other integer type holding 16-bit
+    values, e.g. ``int64`` from a TIFF reader) are rescaled from 0–65535 to 0–255.
+
+    Raises
+    ------
+    ValueError
+        Not 2-D or 3-D with 1, 3 or 4 channels; NaN/infinite or negative pixels; integers above 65535.
+    """
     img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise ValueError(
+            f"The image has shape {img.shape}; expected (height, width) grey, (height, width, 3) RGB or "
+            "(height, width, 4) RGBA. Pass the H&E as RGB (a 2-channel image is not one: stack or pick its channels)."
+        )
     if img.shape[-1] == 4:  # Space Ranger writes RGBA PNGs; alpha carries nothing
         img = img[..., :3]
     if img.dtype == np.uint8:
         return np.ascontiguousarray(img)
+    if img.dtype == bool:
+        return img.astype(np.uint8) * 255
+    if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
+        raise ValueError(f"The image holds {img.dtype} values; pass a numeric (uint8, uint16 or float) RGB array.")
     if np.issubdtype(img.dtype, np.floating):
-        scale = 255.0 if img.max(initial=0) <= 1.0 else 1.0
+        n_bad = int(img.size - np.count_nonzero(np.isfinite(img)))
+        if n_bad:
+            raise ValueError(
+                f"The image has {n_bad:,} NaN or infinite pixel values. Fill them first, e.g. "
+                "`np.nan_to_num(image, nan=1.0)` (white, for floats in [0, 1]) or crop them away."
+            )
+    low, high = (img.min(), img.max()) if img.size else (0, 0)
+    if low < 0:
+        raise ValueError(f"The image has negative pixel values (down to {low}); pass RGB intensities ≥ 0.")
+    if np.issubdtype(img.dtype, np.floating):
+        scale = 255.0 if high <= 1.0 else 1.0
+        if high > 255:
+            raise ValueError(
+                f"The float image has values up to {high:g}: neither [0, 1] nor [0, 255]. Rescale it to one of them."
+            )
         return np.clip(np.rint(img * scale), 0, 255).astype(np.uint8)
-    if img.dtype == np.uint16:
-        return (img // 257).astype(np.uint8)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    if high <= 255 and img.dtype != np.uint16:  # 8-bit values in a wider integer type
+        return img.astype(np.uint8)
+    if high > 65535:
+        raise ValueError(
+            f"The integer image has values up to {high}: more than 16 bits. Rescale it to uint8 (0–255) first."
+        )
+    return (img.astype(np.uint32) // 257).astype(np.uint8)  # 16-bit range → 8-bit, as for uint16 files
 
 
 def read_png(path: Path) -> np.ndarray:

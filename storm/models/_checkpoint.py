@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from storm._files import file_sha256, read_saved_folder
+from storm._files import MANIFEST_FILE, file_sha256, read_saved_folder, write_manifest
 from storm._logging import logger
 from storm._version import __version__
 
@@ -43,7 +43,7 @@ def write_checkpoint(
     training: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (with the weights' sha256) into ``folder``.
+    """Write ``model.safetensors``, ``config.json`` and their checksums (``SHA256SUMS``) into ``folder``.
 
     Parameters
     ----------
@@ -90,6 +90,7 @@ def write_checkpoint(
     if training:
         body["training"] = training
     (folder / CONFIG_FILE).write_text(json.dumps(body, indent=1) + "\n")
+    write_manifest(folder, (CONFIG_FILE, WEIGHTS_FILE))
     logger.info(f"Saved the model to {folder} ({body['weights']['n_parameters']:,} parameters)")
     return folder
 
@@ -166,6 +167,13 @@ def resolve_pretrained(name_or_path: str | os.PathLike | None, *, revision: str 
         raise FileNotFoundError(
             f"No model folder at {text!r} (and it is not a Hugging Face repository id 'owner/name')."
         )
+    owner = path.parts[0]
+    if Path(owner).is_dir():  # e.g. 'runs/storm-mini' with ./runs present: a mistyped local path, not a Hub id
+        raise FileNotFoundError(
+            f"No model folder at {text!r}: the folder {owner!r} exists (in {Path.cwd()}) but holds no "
+            f"{path.name!r}. Check the path (a saved model is the folder with config.json); to load the Hugging "
+            f"Face repository {text!r} instead, run from another directory."
+        )
     return _snapshot(text, revision)
 
 
@@ -178,19 +186,21 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
         folder = huggingface_hub.snapshot_download(
             repo_id,
             revision=revision,
-            allow_patterns=[WEIGHTS_FILE, CONFIG_FILE],
+            allow_patterns=[WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE],
             local_files_only=offline,
         )
     except RepositoryNotFoundError as err:
         raise FileNotFoundError(
-            f"No Hugging Face repository {repo_id!r} (or it is private/gated: log in with `hf auth login`). "
+            f"No local folder {repo_id!r} exists (in {Path.cwd()}), and no Hugging Face repository {repo_id!r} (or "
+            "it is private/gated: log in with `hf auth login`). "
             "For a local model, pass the folder that holds config.json."
         ) from err
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         why = "HF_HUB_OFFLINE is set and the files are not in the local cache" if offline else "the Hub is unreachable"
         raise FileNotFoundError(
-            f"Cannot get {repo_id!r} from the Hugging Face Hub: {why} ({type(err).__name__}). Download it where the "
-            f"Hub is reachable (`hf download {repo_id} {WEIGHTS_FILE} {CONFIG_FILE} --local-dir DIR`), copy DIR here "
-            "and pass its path; or use the embedded model (`StormModel.from_pretrained()`)."
+            f"No local folder {repo_id!r} exists (in {Path.cwd()}), and {repo_id!r} cannot be had from the Hugging "
+            f"Face Hub: {why} ({type(err).__name__}). For a local model, check the path. Download it where the "
+            f"Hub is reachable (`hf download {repo_id} {WEIGHTS_FILE} {CONFIG_FILE} {MANIFEST_FILE} --local-dir DIR`), "
+            "copy DIR here and pass its path; or use the embedded model (`StormModel.from_pretrained()`)."
         ) from err
     return Path(folder)

@@ -14,14 +14,13 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from storm._logging import logger
-from storm.models._adapt import adapt
+from storm._slide_data import SlideArrays
 from storm.models._checkpoint import read_checkpoint, resolve_pretrained, write_checkpoint
 from storm.models._config import StormModelConfig, window_positions
 from storm.models._prepare import panel_coverage, pca_loadings, prepare_slides, select_genes
 from storm.nn import ExpressionEncoder, StormNetConfig, StormPretrainModel
 from storm.pp._stain import StainProfile, fit_stain_profile, normalize_stain
 from storm.pp._stain_profile import N_PATCHES, sample_rows
-from storm.train._data import SlideArrays
 
 __all__ = ["StormModel", "resolve_device"]
 
@@ -284,9 +283,6 @@ class StormModel:
         """
         return panel_coverage(adata.var_names, self.config.genes)
 
-    # ------------------------------------------------------------------ adaptation
-    adapt = adapt  # storm.models._adapt.adapt, with ``self`` as its ``model``: one signature, one docstring
-
     # ------------------------------------------------------------------ inference
     def embed(
         self,
@@ -501,11 +497,12 @@ class StormModel:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, overwrite: bool = False, training: dict[str, Any] | None = None) -> Path:
-        """Save the inference weights (``model.safetensors``) and ``config.json`` into folder ``path``.
+        """Save the inference weights (``model.safetensors``), ``config.json`` and ``SHA256SUMS`` into folder ``path``.
 
         Pretraining-only parts (EMA teacher, decoders; :data:`storm.nn.PRETRAINING_ONLY_PREFIXES`) are left out.
         ``config.json`` holds the storm version, the network configuration, the gene list, the setup arguments and
-        the sha256 of the weights file, which :meth:`load` checks.
+        the sha256 of the weights file; ``SHA256SUMS`` the sha256 of both files (``sha256sum`` format), which
+        :meth:`load` checks.
 
         Parameters
         ----------
@@ -529,14 +526,15 @@ class StormModel:
     def load(cls, path: str | os.PathLike) -> StormModel:
         """Load a model saved by :meth:`save`, after validating it.
 
-        Checks: the weights' sha256 matches ``config.json`` (otherwise the file is refused), every configuration
+        Checks: both files match their sha256 in ``SHA256SUMS`` (otherwise the folder is refused: a gene list
+        reordered in ``config.json`` would read every gene into another gene's embedding), every configuration
         key is known, the gene list fits the network and the weights, and the weights fit the network exactly
         (strict: no missing, extra or reshaped tensor).
 
         Parameters
         ----------
         path
-            Folder holding ``config.json`` and ``model.safetensors``.
+            Folder holding ``config.json``, ``model.safetensors`` and ``SHA256SUMS`` (their checksums).
 
         Returns
         -------
@@ -581,8 +579,8 @@ class StormModel:
         ----------
         name_or_path
             ``None`` (or ``"storm-mini"``): the model shipped with storm; a folder saved by :meth:`save`; or a Hub
-            repository id ``"owner/name"`` holding ``model.safetensors`` and ``config.json`` (only those two files are
-            downloaded; ``HF_HUB_OFFLINE=1`` uses the local cache only).
+            repository id ``"owner/name"`` holding ``model.safetensors``, ``config.json`` and ``SHA256SUMS`` (only
+            those are downloaded; ``HF_HUB_OFFLINE=1`` uses the local cache only).
         revision
             Hub branch, tag or commit.
 

@@ -16,10 +16,11 @@ from anndata import AnnData
 from scipy import sparse
 
 from storm._logging import logger
+from storm._slide_data import PatchSource, SlideArrays
 from storm.io._spatial import to_rgb_uint8
 from storm.models._config import StormModelConfig
 from storm.pp import harmonize_genes, normalize, patch_scale, spatial_windows
-from storm.pp._scale import is_he_image
+from storm.pp._scale import image_centres, is_he_image
 from storm.pp._validate import (
     check_coordinates_in_image,
     check_gene_overlap,
@@ -27,7 +28,6 @@ from storm.pp._validate import (
     check_spatial,
     get_matrix,
 )
-from storm.train._data import PatchSource, SlideArrays
 
 __all__ = [
     "has_counts",
@@ -196,10 +196,10 @@ def lognorm_on_panel(
     X = get_matrix(adata, layer)
     var_names = match_genes(adata.var_names, genes, ignore_case=ignore_case)
     check_gene_overlap(var_names, pd.Index(genes))
-    _warn_if_not_counts(X, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
     light = _light(X, adata.n_obs, var_names)
     with _keep_torch_threads():
-        normalize(light, target_sum=target_sum, layer_added="lognorm")
+        normalize(light, target_sum=target_sum, layer_added="lognorm")  # checks the counts first (dtype, sign)
+    _warn_if_not_counts(X, "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`")
     panel = harmonize_genes(_light(light.layers["lognorm"], adata.n_obs, var_names), genes)
     return sparse.csr_matrix(panel.X, dtype=np.float32), panel.var["measured"].to_numpy(dtype=bool)
 
@@ -229,19 +229,20 @@ def _patch_source(
         adata, size_um=config.size_um, out_px=config.patch_px, library_id=library_id, image=config.image
     ).loc[library_id]
     name = str(scale["image"])
-    scalef = float(scale["scalef"])
-    pix = xy[rows] * scalef
+    level = int(scale["level"])
+    # continuous coordinates in the image cut from, as storm.pp.extract_patches
+    centres = image_centres(xy[rows], float(scale["scalef"]), pyramid=level >= 0)
     check_coordinates_in_image(
-        pix,
+        centres - 0.5,
         (int(scale["image_height"]), int(scale["image_width"])),
         library_id=library_id,
         image_name=name,
         obs_names=adata.obs_names[rows],
     )
-    centres = pix + 0.5  # pixel index → continuous coordinate, as storm.pp.extract_patches
     entry = adata.uns["spatial"][library_id]
     if name == "fullres":
-        return PatchSource(centres, float(scale["crop_px"]), path=str(entry["metadata"]["fullres_path"]), name=name)
+        path = str(entry["metadata"]["fullres_path"])
+        return PatchSource(centres, float(scale["crop_px"]), path=path, name=name, level=None if level < 0 else level)
     return PatchSource(centres, float(scale["crop_px"]), array=to_rgb_uint8(entry["images"][name]), name=name)
 
 

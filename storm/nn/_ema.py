@@ -49,7 +49,7 @@ class EMATeacher(nn.Module):
         student
             Module with the same structure as the teacher.
         momentum
-            Overrides :attr:`momentum` for this update.
+            Overrides ``momentum`` for this update.
         """
         m = self.momentum if momentum is None else float(momentum)
         for t, s in zip(self.module.parameters(), student.parameters(), strict=True):

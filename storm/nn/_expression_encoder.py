@@ -210,7 +210,7 @@ class ExpressionEncoder(nn.Module):
             ``(B, W)`` bool: valid positions.
         attn_mask
             The ``(B, heads, W, W)`` mask this method would build from ``offsets_um`` and ``pos_mask`` (ALiBi with
-            :attr:`slopes` and ``alibi_scale_um``, padding), when the caller has it already.
+            ``slopes`` and ``alibi_scale_um``, padding), when the caller has it already.
 
         Returns
         -------

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from storm._files import file_sha256, read_saved_folder
+from storm._files import file_sha256, read_saved_folder, write_manifest
 
 __all__ = ["ExpressionHead", "SavedHead", "fit_expression_head", "l1_l2_loss", "predict_with_head"]
 
@@ -117,6 +117,7 @@ class SavedHead(nn.Module):
             "weights": {"file": HEAD_WEIGHTS_FILE, "sha256": file_sha256(weights)},
         }
         (folder / HEAD_CONFIG_FILE).write_text(json.dumps(body, indent=1) + "\n")
+        write_manifest(folder, (HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE))
         return folder
 
     @classmethod
@@ -421,7 +422,24 @@ def fit_expression_head(
 def predict_with_head(
     head: ExpressionHead, x: torch.Tensor, *, batch_size: int = 4096, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Predictions ``(n, n_genes)`` (on the CPU) of ``head`` in eval mode for features ``x``, in batches."""
+    """Predict with ``head`` in eval mode, in batches; its training mode is restored afterwards.
+
+    Parameters
+    ----------
+    head
+        A trained head.
+    x
+        Features ``(n, in_dim)``.
+    batch_size
+        Rows per forward pass.
+    device
+        Where the head runs.
+
+    Returns
+    -------
+    torch.Tensor
+        Predictions ``(n, n_genes)``, on the CPU.
+    """
     was = head.training
     head.eval()
     head.to(device)

@@ -94,7 +94,7 @@ def parameter_layer_ids(model: nn.Module) -> dict[str, int]:
     """Map every parameter name of ``model`` to its layer index, 0 = closest to the input.
 
     Uses ``model.group_matcher(coarse=False)`` when the model defines one (every timm model does, e.g. ViT:
-    embeddings → 0, block ``i`` → ``i + 1``, final norm/head → top), otherwise :func:`_depth_layer_ids`.
+    embeddings → 0, block ``i`` → ``i + 1``, final norm/head → top), otherwise ``_depth_layer_ids``.
 
     Parameters
     ----------

@@ -92,7 +92,7 @@ class StainTextureFeaturizer(ImageEncoder):
     channel (nuclear edges); the standard deviation of their Laplacians (focus / fine detail); mean Gabor
     energies at a few frequencies and orientations; and an LBP-like histogram of how many of the 8 neighbours are
     brighter than each pixel (Ojala et al. 2002, rotation-invariant count). No parameters: the output is a
-    deterministic function of the pixels; :attr:`feature_names` names each column.
+    deterministic function of the pixels; ``feature_names`` names each column.
 
     Texture statistics depend on the pixel scale: featurise training and new data at the same µm per pixel.
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from matplotlib.figure import Figure
 
 from storm.pl._domains import finish_figure
 
@@ -50,7 +51,7 @@ def expression_maps(
     show: bool | None = None,
     save: str | PathLike | None = None,
     **kwargs: Any,
-):
+) -> Figure | None:
     """Predicted expression of chosen genes over the H&E, next to the measured expression when given.
 
     Each row is a gene: the prediction (spots or whole-slide tiles from :func:`storm.tl.predict_expression` or
@@ -152,7 +153,7 @@ def gene_correlations(
     figsize: tuple[float, float] | None = None,
     show: bool | None = None,
     save: str | PathLike | None = None,
-):
+) -> Figure | None:
     """Distribution of gene-wise Pearson r per method (violins with the mean marked), e.g. storm vs baselines.
 
     Parameters

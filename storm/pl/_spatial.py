@@ -27,7 +27,7 @@ def spatial(
     figsize: tuple[float, float] | None = None,
     save: str | None = None,
     **kwargs: Any,
-):
+) -> Any:
     """Plot spots (or cells) coloured by ``color`` over the H&E image, one panel per slide.
 
     A thin wrapper of :func:`squidpy.pl.spatial_scatter` that picks the best image each slide carries

@@ -1,4 +1,4 @@
-"""Preprocessing: QC, normalisation, gene panels, µm-based patches, stain normalisation, spatial windows."""
+"""Preprocessing: declaring a slide, QC, normalisation, gene panels, µm patches, stain normalisation, windows."""
 
 from ._binning import TranscriptChunks, bin_transcripts, read_transcripts
 from ._filter import filter_spots
@@ -7,6 +7,7 @@ from ._normalize import normalize
 from ._patches import extract_patches
 from ._qc import qc_metrics
 from ._scale import patch_scale
+from ._set_slide import set_slide
 from ._stain import StainProfile, fit_stain_profile, normalize_stain
 from ._stain_profile import stain_profile
 from ._windows import SpatialWindows, spatial_windows
@@ -25,6 +26,7 @@ __all__ = [
     "patch_scale",
     "qc_metrics",
     "read_transcripts",
+    "set_slide",
     "spatial_windows",
     "stain_profile",
 ]

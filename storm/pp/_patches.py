@@ -24,7 +24,8 @@ def _stream(
     batch_size: int,
 ) -> Iterator[np.ndarray]:
     # Each slide's image is decoded once, on its first spot, and dropped after its last one: with slides stored one
-    # after another (the usual case) only one full-resolution image is in memory at a time.
+    # after another (the usual case) only one full-resolution image is in memory at a time. A whole-slide image is
+    # never decoded: each patch reads the tiles under it, at the pyramid level chosen for the patch size.
     last = {code: int(np.flatnonzero(codes[rows] == code).max()) for code in images}
     arrays: dict[int, np.ndarray] = {}
     for start in range(0, len(rows), batch_size):
@@ -38,8 +39,7 @@ def _stream(
             batch[j] = crop_resize(arrays[code], cx, cy, sides[code], out_px)
         for code in [c for c in arrays if last[c] < stop]:
             del arrays[code]
-            if hasattr(images[code].source, "release"):
-                images[code].source.release()
+            images[code].close()
         yield batch
 
 
@@ -59,6 +59,16 @@ def extract_patches(
     returned iterator is first advanced, once per slide, and patches are cut batch by batch, so memory holds one
     slide image and one batch, never all patches.
 
+    Scale: µm per full-resolution pixel as :func:`storm.pp.patch_scale` reports it (``microns_per_pixel``, else a fit
+    of the 100 µm / 200 µm spot pitch of Visium / legacy ST, else Visium's ``65 / spot_diameter_fullres``, 10x's
+    "theoretical 65 µm spot": Space Ranger's diameter is not the 55 µm capture area); the crop side in the chosen
+    image is ``size_um / microns_per_pixel * scalef``. A spot's centre in that image is ``obsm['spatial'] * scalef``,
+    read as a pixel index (pixel centres at integers, as scanpy and squidpy plot them); the square is cut at sub-pixel
+    precision. Where it reaches past the image border it is padded with white (255), the colour of bare glass.
+    Resampling is PIL bilinear, which PIL antialiases when shrinking. On a low-resolution image (e.g. DLPFC's 600-px
+    image, ~4 px per 55 µm) the patch is a blurred upsampling: fine for context, not for morphology;
+    :func:`storm.pp.patch_scale` reports the ``zoom``.
+
     Parameters
     ----------
     adata
@@ -74,15 +84,17 @@ def extract_patches(
         Only the spots of this slide; default: all spots.
     image
         Which image to cut from. ``"auto"``: the full-resolution file ``metadata['fullres_path']`` when recorded
-        (opened with :class:`storm.io.LazyImage`), else ``images['hires']``, else ``images['lowres']``. Or name one:
-        ``"fullres"``, ``"hires"``, ``"lowres"``.
+        (opened with :class:`storm.io.LazyImage`, or for a whole-slide image such as :func:`storm.io.read_wsi` records,
+        read tile by tile from the pyramid level nearest ``size_um / out_px`` µm per pixel), else ``images['hires']``,
+        else ``images['lowres']``. Or name one: ``"fullres"``, ``"hires"``, ``"lowres"``.
     library_key
         Column of ``adata.obs`` that names each spot's slide.
 
     Yields
     ------
-    uint8 arrays of shape (batch, out_px, out_px, 3), RGB. Concatenated, they hold one patch per spot in
-    ``adata.obs`` order (of the slide ``library_id`` if given). ``adata`` is not modified.
+    numpy.ndarray
+        uint8 arrays of shape (batch, out_px, out_px, 3), RGB. Concatenated, they hold one patch per spot in
+        ``adata.obs`` order (of the slide ``library_id`` if given). ``adata`` is not modified.
 
     Raises
     ------
@@ -91,18 +103,6 @@ def extract_patches(
         a spot centre outside its image (the message gives the count and the image size: usually a wrong scale factor).
     FileNotFoundError
         A recorded full-resolution file is missing.
-
-    Notes
-    -----
-    Scale: µm per full-resolution pixel as :func:`storm.pp.patch_scale` reports it (``microns_per_pixel``, else a fit
-    of the 100 µm / 200 µm spot pitch of Visium / legacy ST, else Visium's ``65 / spot_diameter_fullres``, 10x's
-    "theoretical 65 µm spot": Space Ranger's diameter is not the 55 µm capture area); the crop side in the chosen
-    image is ``size_um / microns_per_pixel * scalef``. A spot's centre in that image is ``obsm['spatial'] * scalef``,
-    read as a pixel index (pixel centres at integers, as scanpy and squidpy plot them); the square is cut at sub-pixel
-    precision. Where it reaches past the image border it is padded with white (255), the colour of bare glass.
-    Resampling is PIL bilinear, which PIL antialiases when shrinking. On a low-resolution image (e.g. DLPFC's 600-px
-    image, ~4 px per 55 µm) the patch is a blurred upsampling: fine for context, not for morphology;
-    :func:`storm.pp.patch_scale` reports the ``zoom``.
     """
     check_positive(size_um, "size_um")
     check_positive(out_px, "out_px", integer=True)
@@ -122,12 +122,15 @@ def extract_patches(
         lib = libs[code]
         slide_rows = np.flatnonzero(codes == code)
         scale = slide_scale(adata, lib, slide_rows, xy)
-        img = slide_image(adata, lib, image)
-        pix = xy[slide_rows] * img.scalef
+        img = slide_image(adata, lib, image, downsample=size_um / out_px / scale.microns_per_pixel)
+        centres[slide_rows] = img.centres(xy[slide_rows])  # continuous coordinates (pixel i spans [i, i + 1))
         check_coordinates_in_image(
-            pix, img.shape, library_id=lib, image_name=img.name, obs_names=adata.obs_names[slide_rows]
+            centres[slide_rows] - 0.5,
+            img.shape,
+            library_id=lib,
+            image_name=img.name,
+            obs_names=adata.obs_names[slide_rows],
         )
-        centres[slide_rows] = pix + 0.5  # pixel index → continuous coordinate (pixel i spans [i, i + 1))
         sides[code] = size_um / scale.microns_per_pixel * img.scalef
         images[code] = img
         logger.info(

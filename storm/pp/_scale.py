@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from storm._logging import logger
+from storm._wsi_reader import LevelArray, WholeSlideImage, is_whole_slide
 from storm.io._image import LazyImage
 from storm.io._spatial import check_fit, fit_pixels_per_micron, to_rgb_uint8
 
@@ -39,15 +40,41 @@ class SlideImage:
     """The image a slide's patches are cut from, with its scale relative to full-resolution pixels."""
 
     name: str  # "fullres", "hires" or "lowres"
-    scalef: float  # image px per full-res px
+    scalef: float  # image px per full-res px (1 / the level's downsample for a whole-slide image)
     shape: tuple[int, int]  # (height, width)
-    source: LazyImage | np.ndarray
+    source: LazyImage | LevelArray | np.ndarray
+    level: int | None = None  # pyramid level of a whole-slide image
 
-    def array(self) -> np.ndarray:
-        """Return the pixels as a uint8 (height, width, 3) RGB array (decoding a full-resolution file once)."""
+    def array(self) -> np.ndarray | LevelArray:
+        """Return the pixels as a uint8 (height, width, 3) RGB array (decoding a full-resolution file once).
+
+        A whole-slide image's level stays lazy: its slices read only the tiles they cover.
+        """
         if isinstance(self.source, LazyImage):
             return self.source.load()
+        if isinstance(self.source, LevelArray):
+            return self.source
         return to_rgb_uint8(self.source)
+
+    def centres(self, xy: np.ndarray) -> np.ndarray:
+        """Continuous coordinates in this image (pixel ``i`` spans ``[i, i + 1)``) of full-resolution pixel indices."""
+        return image_centres(xy, self.scalef, pyramid=self.level is not None)
+
+    def close(self) -> None:
+        """Release what the image holds (decoded pixels, file handles)."""
+        if hasattr(self.source, "release"):
+            self.source.release()
+
+
+def image_centres(xy: np.ndarray, scalef: float, *, pyramid: bool) -> np.ndarray:
+    """Continuous coordinates, in an image of ``scalef`` px per full-res px, of full-resolution pixel indices ``xy``.
+
+    A pyramid level samples the full-resolution grid exactly: pixel index ``p`` spans ``[p, p + 1)`` at full
+    resolution, so ``[p·s, (p + 1)·s)`` in the level, centred on ``(p + 0.5)·s``. A ``hires``/``lowres`` image keeps
+    scanpy's convention, which plots a spot at index ``p·s`` of that image (centre ``p·s + 0.5``).
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    return (xy + 0.5) * scalef if pyramid else xy * scalef + 0.5
 
 
 def _slide_entry(adata: AnnData, library_id: str) -> dict:
@@ -135,11 +162,13 @@ def slide_scale(adata: AnnData, library_id: str, rows: np.ndarray, xy: np.ndarra
     )
 
 
-def slide_image(adata: AnnData, library_id: str, image: str = "auto") -> SlideImage:
+def slide_image(adata: AnnData, library_id: str, image: str = "auto", *, downsample: float = 1.0) -> SlideImage:
     """Pick the image of a slide that patches are cut from (reading only a full-resolution file's header).
 
     ``"auto"``: the full-resolution file (``metadata['fullres_path']``) when recorded, else ``images['hires']``,
-    else ``images['lowres']``.
+    else ``images['lowres']``. A whole-slide file (:func:`storm._wsi_reader.is_whole_slide`: SVS, pyramidal TIFF, …)
+    is read at its pyramid level nearest ``downsample`` (full-resolution px per patch px wanted) without being
+    coarser (:meth:`storm.io.WholeSlideImage.best_level`); other files are decoded whole when first used.
 
     Raises
     ------
@@ -160,6 +189,12 @@ def slide_image(adata: AnnData, library_id: str, image: str = "auto") -> SlideIm
             raise FileNotFoundError(
                 f"Slide {library_id!r} records a full-resolution image at {path!r}, which does not exist. Fetch it "
                 "again (the `storm.datasets` loader), fix `metadata['fullres_path']`, or pass `image='hires'`."
+            )
+        if is_whole_slide(path):
+            wsi = WholeSlideImage(path)
+            level = wsi.best_level(downsample)
+            return SlideImage(
+                "fullres", 1.0 / wsi.level_downsamples[level], wsi.level_shapes[level], wsi.level(level), level
             )
         lazy = LazyImage(path)
         return SlideImage("fullres", 1.0, lazy.shape[:2], lazy)
@@ -215,8 +250,9 @@ def patch_scale(
 
     Returns
     -------
-    One row per slide (index ``library_id``) with columns ``image`` (the image used), ``image_height``,
-    ``image_width``, ``scalef`` (image px per full-res px), ``microns_per_pixel`` (µm per full-res px),
+    One row per slide (index ``library_id``) with columns ``image`` (the image used), ``level`` (the pyramid level
+    read from a whole-slide image; -1 for other images), ``image_height``, ``image_width`` (of that level),
+    ``scalef`` (image px per full-res px), ``microns_per_pixel`` (µm per full-res px),
     ``mpp_source`` (``"microns_per_pixel"``, ``"visium_pitch_fit"``, ``"st_pitch_fit"`` or
     ``"spot_diameter_fullres"``), ``image_microns_per_pixel``, ``crop_px`` (``size_um`` in image pixels), ``zoom``
     (``out_px / crop_px``; above 1 the patch is upsampled), ``n_spots`` and ``n_outside`` (spot centres outside the
@@ -234,7 +270,8 @@ def patch_scale(
             continue
         rows = np.flatnonzero(codes == code)
         scale = slide_scale(adata, lib, rows, xy)
-        img = slide_image(adata, lib, image)
+        img = slide_image(adata, lib, image, downsample=size_um / out_px / scale.microns_per_pixel)
+        img.close()  # only its size is needed here
         crop_px = size_um / scale.microns_per_pixel * img.scalef
         pix = xy[rows] * img.scalef
         height, width = img.shape
@@ -250,6 +287,7 @@ def patch_scale(
             {
                 "library_id": lib,
                 "image": img.name,
+                "level": -1 if img.level is None else img.level,
                 "image_height": img.shape[0],
                 "image_width": img.shape[1],
                 "scalef": img.scalef,

@@ -113,8 +113,11 @@ def check_counts(adata: AnnData, layer: str | None = None) -> None:
     X = get_matrix(adata, layer)
     values = X.data if sparse.issparse(X) else np.asarray(X)
     where = "`adata.X`" if layer is None else f"`adata.layers[{layer!r}]`"
-    if not np.issubdtype(values.dtype, np.number):
-        raise ValueError(f"{where} is not numeric ({values.dtype}).")
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise ValueError(
+            f"{where} holds {values.dtype} values, not numbers; counts must be a numeric matrix. Convert it, e.g. "
+            f"`adata.X = adata.X.astype(np.float32)` (values that do not convert are not counts)."
+        )
     n_bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
     if n_bad:
         raise ValueError(
@@ -147,8 +150,14 @@ def check_libraries(adata: AnnData, library_key: str = "library_id") -> tuple[li
             return [str(known[0])], np.zeros(adata.n_obs, dtype=np.int64)
         raise ValueError(
             f"No `adata.obs[{library_key!r}]` and {len(known)} slides in `adata.uns['spatial']` "
-            f"({_examples(known) if known else 'none'}): cannot tell which spot belongs to which slide. Set "
-            f"`adata.obs[{library_key!r}]` to the `uns['spatial']` key of each spot's slide."
+            f"({_examples(known) if known else 'none'}): cannot tell which spot belongs to which slide. "
+            + (
+                "Declare the slide in one call: `storm.pp.set_slide(adata, platform='merfish', microns_per_pixel=1.0, "
+                "library_id='s1')` (µm per unit of `obsm['spatial']`; your platform and id)."
+                if not known
+                else f"Set `adata.obs[{library_key!r}]` to the `uns['spatial']` key of each spot's slide (or declare "
+                "each slide with `storm.pp.set_slide(adata, platform=..., microns_per_pixel=..., library_id=...)`)."
+            )
         )
     col = adata.obs[library_key]
     if col.isna().any():

@@ -249,7 +249,15 @@ def spatial_windows(
         rc = np.where(in_grid[:, None], np.nan_to_num(rc), 0).astype(np.int64)
         eligible = in_grid.copy()
         if "in_tissue" in adata.obs:
-            eligible &= adata.obs["in_tissue"].to_numpy().astype(bool)
+            in_tissue = adata.obs["in_tissue"].to_numpy().astype(bool)
+            eligible &= in_tissue
+            empty = [libs[c] for c in grid_codes if not in_tissue[slide_rows[c]].any()]
+            if empty:
+                logger.warning(
+                    f"spatial_windows: every spot of slide(s) {empty} has obs['in_tissue'] = 0, so every window holds "
+                    "only its centre spot (spots out of tissue are never neighbours). Fix the column (1 = under "
+                    "tissue), or drop it if it does not apply: `del adata.obs['in_tissue']`."
+                )
         for platform in {platforms[c] for c in grid_codes}:
             on = np.isin(codes, [c for c in grid_codes if platforms[c] == platform])
             sub = np.flatnonzero(on)

@@ -6,6 +6,7 @@ The usual path: :func:`embed` → :func:`domains` → :func:`domain_markers` →
 
 from storm.clinical._signatures import signature_score
 
+from ._cohort import cohort_features, read_cohort, read_cohort_features
 from ._domains import domains
 from ._embed import embed
 from ._enrichment import enrichment, gene_set_collections, load_gene_sets
@@ -18,6 +19,7 @@ from ._virtual_st import virtual_st
 
 __all__ = [
     "SlideRiskPrediction",
+    "cohort_features",
     "domain_markers",
     "domains",
     "embed",
@@ -28,6 +30,8 @@ __all__ = [
     "load_gene_sets",
     "predict_expression",
     "predict_slide_risk",
+    "read_cohort",
+    "read_cohort_features",
     "signature_score",
     "slide_features",
     "tile_attributions",

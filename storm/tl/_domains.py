@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from storm._gmm import fit_gmm, reduce_rep
 from storm._logging import logger
+from storm.tl._spatialdata import is_spatialdata, table_of
 from storm.tl._utils import as_adata_list, clean_params, elapsed, get_rep, save_data, start_timer
 
 _Method = Literal["kmeans", "gmm", "leiden"]
@@ -49,42 +51,6 @@ def _kmeans(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs:
 
     kwargs.setdefault("n_init", 10)  # the paper's K-means; sklearn's "auto" would run k-means++ only once
     return KMeans(n_clusters=n_domains, random_state=random_state, **kwargs).fit_predict(rep)
-
-
-def fit_gmm(rep: np.ndarray, n_domains: int, random_state: int | None, **kwargs: Any) -> np.ndarray:
-    """Labels of a Gaussian mixture of ``n_domains`` components (tied covariance unless ``kwargs`` say otherwise)."""
-    from sklearn.mixture import GaussianMixture
-
-    # one covariance shared by all domains (mclust's "EEE", the usual choice for tissue domains): robust on a few
-    # hundred spots, where per-domain full covariances collapse, and it lets domains be elongated, unlike K-means
-    kwargs.setdefault("covariance_type", "tied")
-    kwargs.setdefault("n_init", 3)
-    reg_covar = kwargs.pop("reg_covar", 1e-6)
-    for attempt in range(4):
-        try:
-            gmm = GaussianMixture(n_components=n_domains, random_state=random_state, reg_covar=reg_covar, **kwargs)
-            return gmm.fit(rep).predict(rep)
-        except ValueError as err:  # sklearn: "ill-defined empirical covariance" when a component collapses
-            if "covariance" not in str(err) or attempt == 3:
-                raise
-            reg_covar *= 100
-            logger.warning(f"domains: GMM fit failed numerically; retrying with reg_covar={reg_covar:g}.")
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def reduce_rep(rep: np.ndarray, n_pcs: int | None, random_state: int | None) -> np.ndarray:
-    """Standardise each dimension, then keep the first ``n_pcs`` principal components (all dims if ``None``).
-
-    The standardisation stops one high-variance dimension from dominating the distances; the PCA drops the
-    low-variance dimensions whose noise blurs the domains and keeps the covariance of a GMM well conditioned.
-    """
-    std = rep.std(axis=0)
-    rep = (rep - rep.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    if n_pcs is None or n_pcs >= min(rep.shape):
-        return rep
-    from sklearn.decomposition import PCA
-
-    return PCA(n_components=n_pcs, random_state=random_state).fit_transform(rep)
 
 
 def _leiden_graph(rep: np.ndarray, n_neighbors: int, random_state: int | None) -> AnnData:
@@ -206,6 +172,7 @@ def domains(
     n_neighbors: int = 15,
     resolution: float | None = None,
     library_key: str = "library_id",
+    table_key: str | None = None,
     copy: bool = False,
     **kwargs: Any,
 ) -> AnnData | list[AnnData] | None:
@@ -226,7 +193,8 @@ def domains(
     Parameters
     ----------
     adata
-        AnnData with the embedding in ``obsm[use_rep]`` (from :func:`storm.tl.embed`), or a list of them.
+        AnnData with the embedding in ``obsm[use_rep]`` (from :func:`storm.tl.embed`), or a list of them, or a
+        :class:`spatialdata.SpatialData` whose table holds it (the domains are written into that table).
     n_domains
         Number of domains K. Required for ``"kmeans"`` and ``"gmm"``; for ``"leiden"`` the resolution is searched by
         bisection until K domains are found (the resolution reached is logged and stored), and without it Leiden
@@ -251,6 +219,8 @@ def domains(
         Leiden resolution, when ``n_domains`` is not given.
     library_key
         Column of ``obs`` with the slide id; recorded in the parameters (clustering is over all slides together).
+    table_key
+        SpatialData only: which table (default: the only one).
     copy
         Return a copy (a list of copies for a list) instead of writing into ``adata``.
     **kwargs
@@ -282,6 +252,8 @@ def domains(
     >>> storm.pl.domains(adata, groundtruth="layer")  # doctest: +SKIP
     """
     start = start_timer()
+    if is_spatialdata(adata):
+        adata = table_of(adata, table_key)
     adatas, is_list = as_adata_list(adata)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")

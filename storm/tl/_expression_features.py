@@ -80,6 +80,24 @@ def check_features(features: Sequence[str] | str) -> list[str]:
     return [f for f in FEATURE_BLOCKS if f in names]
 
 
+def warn_if_too_coarse(adatas: Sequence[AnnData], model: Any, library_key: str, *, context: str) -> None:
+    """Log a warning for slides whose image gives the model's patches at under half their pixel size.
+
+    Every feature block of a head is read from the H&E patch; a patch upsampled over 2× (e.g. DLPFC's 600-px
+    low-resolution image: 55 µm are 3.4 px) holds colour, not morphology. ``storm.tl.embed`` then falls back to
+    expression; a head has no such fallback, so the user is told.
+    """
+    from storm.models._modes import too_coarse
+
+    coarse = [lib for a in adatas for lib in too_coarse(a, model, library_key)]
+    if coarse:
+        logger.warning(
+            f"{context}: the image of slide(s) {coarse} is too coarse for {model.config.size_um:g}-µm patches "
+            f"(upsampled over 2×), so its H&E features carry colour, not morphology. Load the full-resolution image "
+            "(`uns['spatial'][library_id]['metadata']['fullres_path']`) or a hires image for these slides."
+        )
+
+
 def stain_featurizer():
     """Return the training-free stain/colour/texture featurizer used for the ``"stain"`` block."""
     from storm.nn import StainTextureFeaturizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from storm.tl._expression_features import (
     feature_spec,
     resolve_model,
     spot_features,
+    warn_if_too_coarse,
 )
 from storm.tl._utils import as_adata_list, elapsed, start_timer
 
@@ -29,6 +30,9 @@ DEFAULT_TRAINABLE_BLOCKS = 2
 DEFAULT_N_AUGMENT = 4
 DEFAULT_EPOCHS = {"spatial": 30, "frozen": 10}
 DEFAULT_LR = {"spatial": 5e-4, "frozen": 5e-4}
+
+if TYPE_CHECKING:  # storm.nn is imported when a head is trained, not with storm.tl
+    from storm.nn import ExpressionHead, SpatialExpressionHead
 
 
 def _groups(adatas: list[AnnData], key: str) -> list[np.ndarray]:
@@ -68,6 +72,8 @@ def split_by_group(
         Training groups and validation groups (disjoint).
     """
     groups = sorted({str(g) for g in groups})
+    if isinstance(val_groups, str):  # one group's name, not a sequence of one-letter groups
+        val_groups = [val_groups]
     if val_groups is not None:
         val = [str(g) for g in val_groups]
         unknown = sorted(set(val) - set(groups))
@@ -143,7 +149,7 @@ def train_expression_head(
     accelerator: str = "auto",
     random_state: int = 0,
     progress: bool = True,
-):
+) -> SpatialExpressionHead | ExpressionHead:
     """Train an H&E → expression head (virtual ST), validated by slide.
 
     Two kinds of head (``head_type``):
@@ -264,6 +270,8 @@ def train_expression_head(
     stain_norm = spatial if stain_norm is None else bool(stain_norm)
     model = resolve_model(model)
     window = int(model.config.window if window is None else window)
+    if not spatial:  # the spatial head checks its own patch sizes (check_image_resolution)
+        warn_if_too_coarse(adatas, model, library_key, context="train_expression_head")
     group_of = _groups(adatas, val_key)
     train_groups, val_list = split_by_group(
         np.concatenate(group_of), val_groups=val_groups, val_fraction=val_fraction, random_state=random_state

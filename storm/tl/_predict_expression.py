@@ -29,7 +29,7 @@ def is_spatial_head(head: Any) -> bool:
 
 
 def check_record(head: Any) -> None:
-    """Refuse what is not a trained head (no gene list, encoder identity or feature description)."""
+    """Refuse what is not a trained head (no gene list, encoder identity or feature description, renamed genes)."""
     from storm.nn import SavedHead
 
     if not isinstance(head, SavedHead):
@@ -40,6 +40,14 @@ def check_record(head: Any) -> None:
         raise ValueError(
             f"This {type(head).__name__} has no gene list, encoder identity or feature description: train it with "
             "storm.tl.train_expression_head, or load a saved one with ExpressionHead.load."
+        )
+    n_genes, n_val = len(head.genes), None if head.val_pearson is None else len(head.val_pearson)
+    if n_genes != head.n_genes or n_val not in (None, head.n_genes):
+        raise ValueError(
+            f"This {type(head).__name__} has {head.n_genes:,} outputs but {n_genes:,} names in `head.genes`"
+            f"{'' if n_val is None else f' and {n_val:,} values in `head.val_pearson`'}: each prediction would go "
+            "under another gene's name. Keep `head.genes` as trained (or load the head again with "
+            "ExpressionHead.load)."
         )
 
 

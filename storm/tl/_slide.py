@@ -10,6 +10,7 @@ slides → :func:`tile_attributions` → :func:`storm.pl.risk_map`. The torch mo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -43,7 +44,11 @@ def _slide_id(adata: AnnData, library_key: str, default: str) -> str:
 
 
 def _slides(tiles: Any, library_key: str) -> list[tuple[str, AnnData]]:
-    """``[(slide_id, AnnData of its tiles)]`` from a dict, a list, or one AnnData split by ``obs[library_key]``."""
+    """``[(slide_id, tiles)]`` from a dict, a list, a feature folder, or one AnnData split by ``obs[library_key]``."""
+    if isinstance(tiles, str | os.PathLike):
+        from storm.tl._cohort import read_cohort_features
+
+        tiles = read_cohort_features(tiles)
     if isinstance(tiles, AnnData):
         if library_key in tiles.obs:
             labels = tiles.obs[library_key].astype("category").cat.remove_unused_categories()
@@ -115,7 +120,7 @@ def _check_columns(
 
 
 def slide_features(
-    tiles: AnnData | Sequence[AnnData] | Mapping[str, AnnData],
+    tiles: AnnData | Sequence[AnnData] | Mapping[str, AnnData] | str | os.PathLike,
     *,
     image_key: str | None = "X_storm",
     expression_key: str | None = "X_virtual_st",
@@ -128,7 +133,8 @@ def slide_features(
     ----------
     tiles
         AnnData of tiles (one row per 55 µm tile): a dict ``{slide_id: adata}``, a list (one AnnData per slide),
-        or one AnnData whose ``obs[library_key]`` tells slides apart.
+        one AnnData whose ``obs[library_key]`` tells slides apart, or the folder of :func:`storm.tl.cohort_features`
+        (one ``<slide_id>.h5ad`` per slide).
     image_key
         ``obsm`` key of the tiles' image features (:func:`storm.tl.embed` writes ``'X_storm'``); ``None``: no
         image modality.
@@ -141,10 +147,9 @@ def slide_features(
     library_key
         Column of ``obs`` with the slide id (to split one AnnData, and to name the slides of a list).
     spatial_key
-        ``obsm`` key of the tile centres, kept with the bag for maps (optional).
-
-    A modality whose key is found in no slide is skipped (logged); one found in some slides only is an error, as
-    every bag must carry the same modalities.
+        ``obsm`` key of the tile centres, kept with the bag for maps (optional). A modality whose key is found
+        in no slide is skipped (logged); one found in some slides only is an error, as every bag must carry the
+        same modalities.
 
     Returns
     -------

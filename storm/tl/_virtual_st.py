@@ -4,7 +4,9 @@ The tissue is found on a thumbnail, cut into a grid of ``tile_um`` tiles, and th
 of tile rows: each band's tiles are cut, encoded and dropped before the next band is read. What is kept per tile is
 its image feature vector and, at the end, its prediction, so working memory does not grow with the slide (the
 decoded image itself is the one exception for formats that can only be decoded whole, such as JPEG; ``.npy`` files
-and numpy arrays, memory-mapped ones included, are read band by band).
+and numpy arrays, memory-mapped ones included, are read band by band; whole-slide images (SVS, pyramidal TIFF, …,
+:func:`storm.io.read_wsi`) are read from the pyramid level nearest the model's patch resolution, one region per batch
+of tiles, so memory stays flat in the slide's size).
 """
 
 from __future__ import annotations
@@ -37,6 +39,20 @@ class _Bands:
 
     path: str | None = None
     shape: tuple[int, int]
+    #: full-resolution px per px read (a whole-slide image is read at a coarser pyramid level when that suffices)
+    downsample: float = 1.0
+    #: µm per pixel from the file's metadata, where it has one
+    microns_per_pixel: float | None = None
+    #: read one region per batch of tiles instead of whole bands (memory flat in the slide's width)
+    by_region: bool = False
+
+    @property
+    def base_shape(self) -> tuple[int, int]:
+        """``(height, width)`` at full resolution."""
+        return self.shape
+
+    def use_downsample(self, downsample: float) -> None:
+        """Read from the pyramid level nearest ``downsample`` where there is one (a no-op for plain images)."""
 
     def read(self, y0: int, y1: int) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -111,6 +127,40 @@ class _PILBands(_Bands):
         self.image.release()
 
 
+class _SlideBands(_Bands):
+    """A whole-slide image (:class:`storm.io.WholeSlideImage`) read at one pyramid level, region by region."""
+
+    by_region = True
+
+    def __init__(self, path: Path) -> None:
+        from storm._wsi_reader import WholeSlideImage
+
+        self.path = str(path)
+        self.wsi = WholeSlideImage(path)
+        self.microns_per_pixel = self.wsi.microns_per_pixel
+        self.level = 0
+        self.shape = self.wsi.shape
+
+    @property
+    def base_shape(self) -> tuple[int, int]:
+        return self.wsi.shape
+
+    def use_downsample(self, downsample: float) -> None:
+        self.level = self.wsi.best_level(downsample)
+        self.downsample = self.wsi.level_downsamples[self.level]
+        self.shape = self.wsi.level_shapes[self.level]
+
+    def read(self, y0: int, y1: int, x0: int = 0, x1: int | None = None) -> np.ndarray:
+        return self.wsi.read(self.level, y0, y1, x0, self.shape[1] if x1 is None else x1)
+
+    def thumbnail(self, max_side: int) -> tuple[np.ndarray, float]:
+        thumb, scale = self.wsi.thumbnail(max_side)
+        return thumb, scale * self.downsample  # thumbnail px per px of the level read
+
+    def close(self) -> None:
+        self.wsi.close()
+
+
 def _check_rgb(array: np.ndarray, what: str) -> None:
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"{what} must be a uint8 (height, width, 3) RGB array, got {array.dtype} {array.shape}.")
@@ -123,7 +173,11 @@ def _open(image: Any) -> _Bands:
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"No image file at {path}: pass the path of the slide's H&E image.")
-        return _NpyBands(path) if path.suffix.lower() == ".npy" else _PILBands(path)
+        from storm._wsi_reader import is_whole_slide
+
+        if path.suffix.lower() == ".npy":
+            return _NpyBands(path)
+        return _SlideBands(path) if is_whole_slide(path) else _PILBands(path)
     from storm.io import LazyImage
 
     if isinstance(image, LazyImage):
@@ -234,7 +288,11 @@ def virtual_st(
     min_tissue_fraction: float = 0.5,
     batch_size: int = 256,
     band_tiles: int = 8,
-    accelerator: str = "auto",
+    embedding_key: str | None = None,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    key_added: str = "virtual_st",
+    accelerator: str | torch.device = "auto",
     progress: bool = True,
 ) -> AnnData:
     """Predict expression over a whole slide: detect tissue, tile it at ``tile_um``, predict every tile (streamed).
@@ -243,16 +301,20 @@ def virtual_st(
     ----------
     image_or_adata
         An AnnData whose ``uns['spatial'][library_id]['metadata']['fullres_path']`` names the full-resolution H&E
-        (scale from ``scalefactors['microns_per_pixel']``, else fitted from its spots); or the image itself: a file
-        path (JPEG/PNG/TIFF via PIL, or a ``.npy`` uint8 ``(height, width, 3)`` array read band by band), a
-        :class:`storm.io.LazyImage` or a uint8 RGB array (then ``microns_per_pixel`` is required). Not modified.
+        (scale from ``scalefactors['microns_per_pixel']``, else fitted from its spots), such as
+        :func:`storm.io.read_wsi` returns; or the image itself: a file path (a whole-slide image read tile by tile,
+        with its own µm per pixel; JPEG/PNG/small TIFF via PIL; or a ``.npy`` uint8 ``(height, width, 3)`` array read
+        band by band), a :class:`storm.io.LazyImage` or a uint8 RGB array (then ``microns_per_pixel`` is required).
+        Not modified. Or a :class:`spatialdata.SpatialData`: its image element is tiled (read lazily, band by band;
+        µm per pixel from the table's slide record and the elements' transformations, or ``microns_per_pixel``) and
+        the tiles are added to it as the table ``key_added`` and the circles ``f"{key_added}_tiles"``.
     head
         A trained :class:`storm.nn.ExpressionHead` (:func:`storm.tl.train_expression_head`).
     model
         The :class:`storm.models.StormModel` the head was trained on; default the embedded storm-mini.
     microns_per_pixel
-        µm per pixel of the image (overrides the AnnData's). For a downscaled copy of a slide, the original value
-        times the downscaling factor: tiles then cover the same tissue.
+        µm per full-resolution pixel of the image (overrides the AnnData's and a whole-slide file's own). For a
+        downscaled copy of a slide, the original value times the downscaling factor: tiles then cover the same tissue.
     library_id
         Which slide of an AnnData (needed when ``uns['spatial']`` holds several); the id of the result otherwise.
     tile_um
@@ -266,8 +328,16 @@ def virtual_st(
         Tiles per forward pass.
     band_tiles
         Tile rows read and encoded per band (memory: one band of the image, ``band_tiles · tile`` pixels high).
+    embedding_key
+        Also keep each tile's STORM embedding (H&E mode: the centre token of its window of tiles, the features the
+        head reads) in ``obsm[embedding_key]``; ``None``: do not keep it.
+    table_key, image_key
+        SpatialData only: which table (for the scale) and image element (default: the only one).
+    key_added
+        SpatialData only: name of the table added to it (the tile circles, with the image's transformations, are the
+        shapes element ``f"{key_added}_tiles"``).
     accelerator
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
     progress
         Show progress bars.
 
@@ -277,12 +347,13 @@ def virtual_st(
         One observation per tissue tile, named ``{library_id}_tile_{row}_{col}``: ``X`` float32 predicted ``log1p``
         normalised expression; ``var`` the head's genes with ``var['val_pearson']``; ``obs['array_row']``,
         ``obs['array_col']`` (tile grid), ``obs['tissue_fraction']``, ``obs['library_id']``; ``obsm['spatial']`` tile
-        centres (x, y) in full-resolution pixels; ``uns['spatial'][library_id]`` with ``images['hires']`` (the
-        thumbnail), ``scalefactors`` (``tissue_hires_scalef``, ``microns_per_pixel``, ``spot_diameter_fullres`` = the
-        tile side) and ``metadata``
-        (``platform='tiles'``, ``fullres_shape``, ``fullres_path`` where there is a file); ``uns['virtual_st']``
+        centres (x, y) in full-resolution pixels; ``obsm[embedding_key]`` where asked; ``uns['spatial'][library_id]``
+        with ``images['hires']`` (the thumbnail), ``scalefactors`` (``tissue_hires_scalef``, ``microns_per_pixel``,
+        ``spot_diameter_fullres`` = the tile side) and ``metadata`` (``platform='tiles'``, ``fullres_shape``,
+        ``fullres_path`` where there is a file); ``uns['virtual_st']``
         with ``params`` (``tile_um``, ``tissue_threshold``, ``min_tissue_fraction``, ``context_step_tiles``,
-        ``encoder``, ``features``, ``stain_normalized``) and ``timing``. Ready for :func:`storm.pl.expression_maps` and
+        ``encoder``, ``features``, ``stain_normalized``, ``level_downsample``: full-resolution px per px of the pyramid
+        level read, 1 for plain images) and ``timing``. Ready for :func:`storm.pl.expression_maps` and
         :func:`storm.pl.spatial`.
 
     Raises
@@ -317,18 +388,38 @@ def virtual_st(
     else:
         model = resolve_model(model)
         check_head(head, model)
+    from storm.tl._spatialdata import add_tiles, is_spatialdata, slide_of_spatialdata
+
+    sdata = image_or_adata if is_spatialdata(image_or_adata) else None
     if isinstance(image_or_adata, AnnData):
         reader, library_id, mpp = _from_adata(image_or_adata, library_id, microns_per_pixel)
+    elif sdata is not None:
+        pixels, mpp, lib, sdata_info = slide_of_spatialdata(
+            sdata, table_key=table_key, image_key=image_key, microns_per_pixel=microns_per_pixel, key_added=key_added
+        )
+        reader, library_id = _ArrayBands(pixels), library_id or lib or sdata_info["image_key"]
     else:
         reader, mpp = _open(image_or_adata), microns_per_pixel
         library_id = library_id or (Path(reader.path).stem if reader.path else "slide")
+    if mpp is None:
+        mpp = reader.microns_per_pixel  # a whole-slide file's own metadata
     if mpp is None or not np.isfinite(mpp) or mpp <= 0:
         reader.close()
         raise ValueError(
             f"No physical scale for the image: pass microns_per_pixel= (µm per pixel; got {mpp!r}). HER2ST and "
             "Visium full-resolution scans are about 0.3–0.8 µm/px."
         )
-    mpp = float(mpp)
+    # a whole-slide image is read at its pyramid level nearest the model's patch resolution; below, pixels are the
+    # level's (ds full-resolution px each) until the tiles' positions are written back in full-resolution pixels
+    mpp_full = float(mpp)
+    finest_um_per_px = (
+        min(head.setup["scales_um"]) / int(head.setup["patch_px"])
+        if spatial
+        else model.config.size_um / model.config.patch_px
+    )
+    reader.use_downsample(finest_um_per_px / mpp_full)
+    ds = float(reader.downsample)
+    mpp = mpp_full * ds
     height, width = reader.shape
     pitch = tile_um / mpp
     sizes_um = [float(v) for v in head.setup["scales_um"]] if spatial else [float(model.config.size_um)]
@@ -361,7 +452,8 @@ def virtual_st(
     n = len(rr)
     centres = np.stack([(cc + 0.5) * pitch, (rr + 0.5) * pitch], axis=1)  # continuous (x, y)
     logger.info(
-        f"virtual_st: {width}×{height} px at {mpp:.3f} µm/px; {n:,} tissue tiles of {tile_um:g} µm "
+        f"virtual_st: {width}×{height} px at {mpp:.3f} µm/px"
+        f"{f' (a pyramid level, downsample {ds:.3g})' if ds != 1 else ''}; {n:,} tissue tiles of {tile_um:g} µm "
         f"({pitch:.1f} px) on a {n_cols}×{n_rows} grid (saturation threshold {thr:.3f})"
     )
 
@@ -377,9 +469,9 @@ def virtual_st(
     stain_feat = np.zeros((n, stain.out_dim), dtype=np.float32) if stain is not None else None
     margin = max(0.0, max(sides) / 2 - pitch / 2) + 2
     stain_target = head_stain_target(head)
+    from storm._patch_crop import crop_patches
     from storm.pp import fit_stain_profile, normalize_stain
     from storm.pp._stain_profile import N_PATCHES, sample_rows
-    from storm.train._patches import crop_patches
 
     bounds = np.searchsorted(rr, np.arange(0, n_rows + band_tiles, band_tiles))
     bands = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1) if bounds[i + 1] > bounds[i]]
@@ -392,6 +484,15 @@ def virtual_st(
                 continue
             y0 = max(0, int(np.floor(rr[idx[0]] * pitch - margin)))
             y1 = min(height, int(np.ceil((rr[idx[-1]] + 1) * pitch + margin)))
+            if reader.by_region:  # whole slide: one region per batch of tiles, column by column
+                idx = idx[np.argsort(cc[idx], kind="stable")]
+                for s0 in range(0, len(idx), batch_size):
+                    part = idx[s0 : s0 + batch_size]
+                    x0 = max(0, int(np.floor(cc[part].min() * pitch - margin)))
+                    x1 = min(width, int(np.ceil((cc[part].max() + 1) * pitch + margin)))
+                    region, local = reader.read(y0, y1, x0, x1), centres[part] - np.array([x0, y0])
+                    yield part, [crop_patches(region, local, side, px) for side in sides]
+                continue
             band = reader.read(y0, y1)
             for s0 in range(0, len(idx), batch_size):
                 part = idx[s0 : s0 + batch_size]
@@ -427,6 +528,7 @@ def virtual_st(
             offsets = _grid_offsets("st", window)[:window_size]
             projected = head.proj(torch.from_numpy(feat)) if spatial else None
             pred = np.zeros((n, len(head.genes)), dtype=np.float32)
+            embedding = None  # allocated at the first batch, at the embedding's width
             for s0 in tqdm(range(0, n, batch_size), desc="virtual_st: predict", unit="batch", disable=not progress):
                 sl = slice(s0, min(n, s0 + batch_size))
                 nr = rr[sl, None] + offsets[None, :, 0].astype(np.int64) * step
@@ -444,12 +546,14 @@ def virtual_st(
                 img = torch.from_numpy(feat[np.maximum(index, 0)]).to(device) * valid_t.unsqueeze(-1)
                 batch = {BatchKeys.OFFSETS: torch.from_numpy(off).to(device), BatchKeys.POS_MASK: valid_t}
                 batch[BatchKeys.IMAGE] = img
-                blocks = []
-                for name in names:
-                    if name == "storm":
-                        blocks.append(module.embed(batch, use_image=True, use_expression=False).float().cpu())
-                    else:
-                        blocks.append(torch.from_numpy(stain_feat[sl]))
+                tokens = None
+                if "storm" in names or embedding_key:
+                    tokens = module.embed(batch, use_image=True, use_expression=False).float().cpu()
+                if embedding_key:
+                    if embedding is None:
+                        embedding = np.zeros((n, tokens.shape[1]), dtype=np.float32)
+                    embedding[sl] = tokens.numpy()
+                blocks = [tokens if name == "storm" else torch.from_numpy(stain_feat[sl]) for name in names]
                 pred[sl] = predict_with_head(head, torch.cat(blocks, dim=1), device=device).numpy()
     finally:
         reader.close()
@@ -466,17 +570,21 @@ def virtual_st(
         index=pd.Index([f"{library_id}_tile_{r}_{c}" for r, c in zip(rr, cc, strict=True)]),
     )
     out = AnnData(X=pred, obs=obs, var=var_frame(head))
-    out.obsm["spatial"] = centres - 0.5  # continuous coordinate → pixel index, the obsm['spatial'] convention
-    metadata = {"platform": "tiles", "fullres_shape": [int(height), int(width)], "source": "storm.tl.virtual_st"}
+    # continuous level coordinate → full-resolution pixel index, the obsm['spatial'] convention
+    out.obsm["spatial"] = centres * ds - 0.5
+    if embedding is not None:
+        out.obsm[embedding_key] = embedding
+    base_h, base_w = reader.base_shape
+    metadata = {"platform": "tiles", "fullres_shape": [int(base_h), int(base_w)], "source": "storm.tl.virtual_st"}
     if reader.path:
         metadata["fullres_path"] = str(reader.path)
     out.uns["spatial"] = {
         library_id: {
             "images": {"hires": thumb},
             "scalefactors": {
-                "tissue_hires_scalef": float(sf),
-                "microns_per_pixel": mpp,
-                "spot_diameter_fullres": float(pitch),
+                "tissue_hires_scalef": float(sf) / ds,
+                "microns_per_pixel": mpp_full,
+                "spot_diameter_fullres": float(pitch) * ds,
             },
             "metadata": metadata,
         }
@@ -491,8 +599,11 @@ def virtual_st(
             "encoder": head.encoder.get("name"),
             "features": names,
             "stain_normalized": stain_target is not None,
+            "level_downsample": ds,
         },
         "timing": {"seconds": seconds, "tiles_per_second": n / max(seconds, 1e-9)},
     }
     logger.info(f"virtual_st: finished ({elapsed(start)}): {n:,} tiles × {out.n_vars:,} genes")
+    if sdata is not None:
+        add_tiles(sdata, out, sdata_info, key_added)
     return out

@@ -4,12 +4,23 @@ Imports torch, lightning and numpy only (AnnData is read by :mod:`storm.models`,
 :func:`pretrain`), so that training nodes need no single-cell stack to import it.
 """
 
-from ._config import DataConfig, GenesConfig, OptimConfig, PretrainConfig, ProbeConfig, SetupConfig, TrainerConfig
-from ._data import PatchCache, PatchSource, SlideArrays
+from storm._patch_crop import crop_patches, decode_image
+from storm._slide_data import PatchCache, PatchSource, SlideArrays
+
+from ._adapt import adapt
+from ._config import (
+    DataConfig,
+    GenesConfig,
+    HestConfig,
+    OptimConfig,
+    PretrainConfig,
+    ProbeConfig,
+    SetupConfig,
+    TrainerConfig,
+)
 from ._datamodule import StormDataModule
 from ._dataset import SlideBlockSampler, WindowDataset
 from ._module import StormLightningModule, WarmupCosine, step_seed
-from ._patches import crop_patches, decode_image
 from ._pretrain import build_probe, build_trainer, load_datasets, pretrain
 from ._probe import DomainProbe
 from ._slide import BagDataset, SlideCVResult, SlideRiskModule, collate_bags, fit_slide_model_cv, predict_bags
@@ -20,6 +31,7 @@ __all__ = [
     "DataConfig",
     "DomainProbe",
     "GenesConfig",
+    "HestConfig",
     "OptimConfig",
     "PatchCache",
     "PatchSource",
@@ -35,6 +47,7 @@ __all__ = [
     "TrainerConfig",
     "WarmupCosine",
     "WindowDataset",
+    "adapt",
     "build_probe",
     "build_trainer",
     "collate_bags",

@@ -13,6 +13,7 @@ from storm._dataclasses import strict_from_dict
 __all__ = [
     "DataConfig",
     "GenesConfig",
+    "HestConfig",
     "OptimConfig",
     "PretrainConfig",
     "ProbeConfig",
@@ -23,6 +24,30 @@ __all__ = [
 
 def _from_dict(cls, d: dict[str, Any] | None, where: str):
     return strict_from_dict(cls, d, label="keys", where=f" in `{where}` of the pretraining configuration")
+
+
+@dataclass
+class HestConfig:
+    """Samples of a HEST-1k folder (``st/``, ``wsis/``, ``metadata/``) read by :func:`storm.io.read_hest`.
+
+    Attributes
+    ----------
+    folder
+        The HEST folder.
+    samples
+        Sample ids, or ``"all"``: every sample with counts and metadata that passes the filters.
+    st_technology, species, organ
+        Filters on the samples' metadata (:func:`storm.io.hest_samples`); e.g. ``st_technology: [Visium]``.
+    image
+        Open each sample's whole-slide image (patches read tile by tile from its pyramid).
+    """
+
+    folder: str = ""
+    samples: list[str] | str = "all"
+    st_technology: list[str] | str | None = None
+    species: str | None = None
+    organ: str | None = None
+    image: bool = True
 
 
 @dataclass
@@ -37,6 +62,9 @@ class DataConfig:
         (no sections: pass ``[]``). Each loader's sections form one data set (for the choice of genes).
     h5ad
         Paths of ``.h5ad`` files in storm's layout (raw counts in ``.X``), each one data set.
+    hest
+        HEST-1k folders (:class:`HestConfig`: ``folder``, ``samples``, filters), each entry one data set: list one
+        entry per technology, as highly variable genes are chosen on the genes all of a data set's samples measure.
     image, expression
         Use the modality where a slide has it.
     val_fraction, split, val_slides
@@ -49,6 +77,7 @@ class DataConfig:
 
     datasets: dict[str, Any] = field(default_factory=dict)
     h5ad: list[str] = field(default_factory=list)
+    hest: list[Any] = field(default_factory=list)
     image: bool = True
     expression: bool = True
     val_fraction: float = 0.05

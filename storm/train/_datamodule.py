@@ -11,7 +11,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from storm._logging import logger
-from storm.train._data import SlideArrays
+from storm._slide_data import SlideArrays
 from storm.train._dataset import SlideBlockSampler, WindowDataset
 
 __all__ = ["StormDataModule"]

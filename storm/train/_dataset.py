@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from storm._slide_data import PatchCache, SlideArrays
 from storm.nn import BatchKeys
-from storm.train._data import PatchCache, SlideArrays
 
 __all__ = ["SlideBlockSampler", "WindowDataset"]
 

@@ -23,6 +23,22 @@ def step_seed(seed: int, global_step: int, batch_idx: int = 0, rank: int = 0) ->
     The masks of a training batch depend only on these numbers, never on how many batches the process has drawn
     before: a run resumed from a checkpoint draws the same masks as an uninterrupted one. ``batch_idx`` tells apart
     the micro-batches of one optimiser step (gradient accumulation), ``rank`` the devices.
+
+    Parameters
+    ----------
+    seed
+        The run's seed.
+    global_step
+        The optimiser step.
+    batch_idx
+        The micro-batch within the step.
+    rank
+        The device's rank.
+
+    Returns
+    -------
+    int
+        A seed in ``[0, 2**63)``.
     """
     state = np.random.SeedSequence([int(seed), int(global_step), int(batch_idx), int(rank)]).generate_state(2)
     return int((int(state[0]) << 31 ^ int(state[1])) & (2**63 - 1))
@@ -57,8 +73,8 @@ class WarmupCosine:
 class StormLightningModule(LightningModule):
     """Pretrain a :class:`~storm.nn.StormPretrainModel` with Lightning.
 
-    AdamW over :meth:`StormPretrainModel.param_groups` (no weight decay on biases and norms, layer-wise decay in a
-    pretrained image backbone), linear warm-up then cosine decay per optimiser step, an EMA step of the image
+    AdamW over :meth:`storm.nn.StormPretrainModel.param_groups` (no weight decay on biases and norms, layer-wise
+    decay in a pretrained image backbone), linear warm-up then cosine decay per optimiser step, an EMA step of the image
     teacher after every optimiser step, and masks drawn from a generator seeded by ``(seed, global_step,
     batch_idx, rank)`` (see :func:`step_seed`), so a run resumed from a checkpoint reproduces the losses of an
     uninterrupted run.

@@ -53,6 +53,30 @@ def _loader(name: str):
     return loaders[name]
 
 
+def _load_hest(entry: Any, i: int) -> list[AnnData]:
+    """Read the samples of one ``data.hest`` entry (a :class:`HestConfig` or its dict)."""
+    from storm._dataclasses import strict_from_dict
+    from storm.io import hest_samples, read_hest
+    from storm.train._config import HestConfig
+
+    if isinstance(entry, str):
+        entry = {"folder": entry}
+    if not isinstance(entry, HestConfig):
+        entry = strict_from_dict(HestConfig, entry, label="keys", where=f" in `data.hest[{i}]`")
+    if not entry.folder:
+        raise ValueError(f"`data.hest[{i}]` needs a `folder` (a HEST-1k folder with st/, wsis/, metadata/).")
+    folder = Path(entry.folder).expanduser()
+    samples = entry.samples
+    if samples == "all":
+        samples = hest_samples(folder, st_technology=entry.st_technology, species=entry.species, organ=entry.organ)
+    elif isinstance(samples, str):
+        samples = [samples]
+    if not samples:
+        raise ValueError(f"`data.hest[{i}]`: no sample in {folder} passes the filters.")
+    logger.info(f"pretrain: {len(samples)} HEST sample(s) from {folder}")
+    return [read_hest(folder, str(s), image=entry.image) for s in samples]
+
+
 def load_datasets(data: Any) -> list[list[AnnData]]:
     """Load the slides a :class:`DataConfig` names: one list of AnnData per data set (loader or h5ad file).
 
@@ -83,8 +107,12 @@ def load_datasets(data: Any) -> list[list[AnnData]]:
         if not path.is_file():
             raise FileNotFoundError(f"No h5ad file at {path}.")
         out.append([ad.read_h5ad(path)])
+    for i, entry in enumerate(data.hest):
+        out.append(_load_hest(entry, i))
     if not out:
-        raise ValueError("The configuration names no data: set `data.datasets` (loader: sections) or `data.h5ad`.")
+        raise ValueError(
+            "The configuration names no data: set `data.datasets` (loader: sections), `data.h5ad` or `data.hest`."
+        )
     return out
 
 
@@ -109,7 +137,7 @@ def build_probe(model: StormModel, probe: ProbeConfig, *, library_key: str, laye
     ValueError
         A probe slide without the label column, or with fewer than two labels.
     """
-    from storm.tl._embed import auto_mode
+    from storm.models._modes import auto_mode
     from storm.train._probe import DomainProbe
 
     excluded = {str(x) for x in probe.exclude_labels}
@@ -221,9 +249,10 @@ def pretrain(config: PretrainConfig | dict[str, Any] | str | os.PathLike) -> tup
     """Pretrain a STORM model (masked multimodal spatial modelling) and save it.
 
     Steps: load the slides; choose the gene list (``genes``: explicit, or the highly variable genes of each data
-    set ∪ the included genes); :meth:`StormModel.setup` (PCA-initialised gene embeddings); turn every slide into
-    arrays (:meth:`StormModel.prepare`); train with Lightning (:class:`StormDataModule`,
-    :class:`StormLightningModule`); save the final model with :meth:`StormModel.save` to ``OUTPUT/model``.
+    set ∪ the included genes); :meth:`storm.models.StormModel.setup` (PCA-initialised gene embeddings); turn every
+    slide into arrays (:meth:`storm.models.StormModel.prepare`); train with Lightning (:class:`StormDataModule`,
+    :class:`StormLightningModule`); save the final model with :meth:`storm.models.StormModel.save` to
+    ``OUTPUT/model``.
     Checkpoints go to ``OUTPUT/checkpoints`` (``last.ckpt`` to resume), losses to ``OUTPUT/logs/metrics.csv``.
 
     Parameters

@@ -20,8 +20,8 @@ import torch
 from lightning.pytorch import Callback
 
 if TYPE_CHECKING:
+    from storm._slide_data import SlideArrays
     from storm.models import StormModel
-    from storm.train._data import SlideArrays
 
 __all__ = ["DomainProbe"]
 
@@ -35,8 +35,8 @@ class DomainProbe(Callback):
         The :class:`~storm.models.StormModel` being trained (its ``module`` is the network the Lightning module
         trains, so the probe sees the current weights).
     slides
-        Labelled slides, prepared by :meth:`StormModel.prepare` in the mode :func:`storm.tl.embed` would use
-        (:func:`storm.train.build_probe` does this), so the probe scores what a user of the model gets.
+        Labelled slides, prepared by :meth:`storm.models.StormModel.prepare` in the mode :func:`storm.tl.embed` would
+        use (:func:`storm.train.build_probe` does this), so the probe scores what a user of the model gets.
     labels
         One array per slide, in the slide's spot order: the label of each spot, ``None`` for a spot left out of the
         score (K counts the distinct labels scored).
@@ -110,7 +110,7 @@ class DomainProbe(Callback):
         """ARI of each slide's domains and their mean, with the current weights."""
         from sklearn.metrics import adjusted_rand_score
 
-        from storm.tl._domains import fit_gmm, reduce_rep
+        from storm._gmm import fit_gmm, reduce_rep
 
         device = torch.device(device)
         scores: dict[str, float] = {}

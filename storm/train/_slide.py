@@ -139,6 +139,12 @@ class BagDataset(Dataset):
 def collate_bags(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Pad a list of bags to the largest bag of the batch.
 
+    Parameters
+    ----------
+    items
+        The items of a slide-bag dataset: ``{modality: (N, d)}`` tile features, the targets present and
+        ``index``.
+
     Returns
     -------
     dict
@@ -606,7 +612,7 @@ def fit_slide_model_cv(
         Seeds the folds, the initialisation and the batch order: the same seed gives the same result. torch's
         global generator is restored afterwards.
     ids
-        Optional bag identifiers, returned in :attr:`SlideCVResult.ids`.
+        Optional bag identifiers, returned in ``SlideCVResult.ids``.
 
     Returns
     -------

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from storm._logging import logger
-from storm.train._data import PatchSource, SlideArrays
+from storm._slide_data import PatchSource, SlideArrays
 
 __all__ = ["load_slides", "save_slides"]
 
@@ -56,6 +56,8 @@ def save_slides(slides: list[SlideArrays], folder: str | os.PathLike, *, genes: 
             src = slide.patches
             arrays["centres"] = src.centres
             entry |= {"side_px": float(src.side_px), "image_name": src.name}
+            if src.level is not None:
+                entry["level"] = int(src.level)
             if src.path is not None:
                 if src.path not in images:  # slides of one image share the copy
                     images[src.path] = f"image_{len(images):04d}{Path(src.path).suffix}"
@@ -72,7 +74,20 @@ def save_slides(slides: list[SlideArrays], folder: str | os.PathLike, *, genes: 
 
 
 def load_slides(folder: str | os.PathLike) -> tuple[list[SlideArrays], list[str]]:
-    """Read slides written by :func:`save_slides`: ``(slides, genes)``."""
+    """Read slides written by :func:`save_slides`.
+
+    Parameters
+    ----------
+    folder
+        Folder holding ``slides.json`` and one ``.npz`` per slide (``storm prepare``).
+
+    Returns
+    -------
+    slides
+        One :class:`SlideArrays` per slide, in the manifest's order.
+    genes
+        The gene vocabulary the expression columns follow.
+    """
     folder = Path(folder)
     manifest_path = folder / "slides.json"
     if not manifest_path.is_file():
@@ -94,7 +109,9 @@ def load_slides(folder: str | os.PathLike) -> tuple[list[SlideArrays], list[str]
                 location = (
                     {"path": str(folder / entry["image_file"])} if "image_file" in entry else {"array": z["image"]}
                 )
-                patches = PatchSource(z["centres"], entry["side_px"], name=entry["image_name"], **location)
+                patches = PatchSource(
+                    z["centres"], entry["side_px"], name=entry["image_name"], level=entry.get("level"), **location
+                )
             slides.append(
                 SlideArrays(
                     entry["library_id"],

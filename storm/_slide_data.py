@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from storm.train._patches import crop_patches, decode_image
+from storm._patch_crop import crop_patches, decode_image
 
 __all__ = ["PatchCache", "PatchSource", "SlideArrays"]
 
@@ -30,6 +30,9 @@ class PatchSource:
         uint8 ``(height, width, 3)`` image (a hires/lowres image kept with the AnnData); ``None`` for a file.
     name
         ``"fullres"``, ``"hires"`` or ``"lowres"``: which image of the slide this is.
+    level
+        Pyramid level of a whole-slide image file (``centres`` and ``side_px`` are then in pixels of that level,
+        read tile by tile); ``None``: an image file decoded whole.
     """
 
     centres: np.ndarray
@@ -37,6 +40,7 @@ class PatchSource:
     path: str | None = None
     array: np.ndarray | None = None
     name: str = "fullres"
+    level: int | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.array is None):
@@ -53,8 +57,17 @@ class PatchSource:
         return self.array is not None
 
     def load(self) -> np.ndarray:
-        """Return the image pixels (decoding the file: callers cache the result, see :class:`PatchCache`)."""
-        return self.array if self.array is not None else decode_image(self.path)
+        """Return the image pixels (decoding the file: callers cache the result, see :class:`PatchCache`).
+
+        A whole-slide level is returned lazily (:class:`storm.io.WholeSlideImage`): cutting reads its tiles.
+        """
+        if self.array is not None:
+            return self.array
+        if self.level is not None:
+            from storm._wsi_reader import WholeSlideImage
+
+            return WholeSlideImage(self.path).level(self.level)
+        return decode_image(self.path)
 
     def cut(self, image: np.ndarray, rows: np.ndarray, out_px: int) -> np.ndarray:
         """Cut the patches of spots ``rows`` from ``image`` (the output of :meth:`load`): ``(len(rows), px, px, 3)``."""
@@ -131,7 +144,7 @@ class SlideArrays:
 
     @property
     def n_obs(self) -> int:
-        """Number of spots (= windows: one per spot)."""
+        """Number of spots, and of windows (one per spot)."""
         return self.index.shape[0]
 
     @property

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from storm._image_memory import check_decode_fits
 from storm._patch_geometry import PAD_VALUE, crop_resize
 
 __all__ = ["PAD_VALUE", "crop_patches", "decode_image"]
@@ -67,6 +68,7 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as im:
             if im.size[0] * im.size[1] > MAX_PIXELS:
                 raise ValueError(f"{path} has {im.size[0]} × {im.size[1]} pixels, more than {MAX_PIXELS:,}.")
+            check_decode_fits(path, *im.size, im.mode)
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise FileNotFoundError(f"The slide image {path} does not exist (moved or deleted since setup?).") from None
