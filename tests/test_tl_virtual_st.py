@@ -44,7 +44,7 @@ def model(adata):
 @pytest.fixture(scope="module")
 def head(adata, model):
     return storm.tl.train_expression_head(
-        adata, n_top_genes=20, model=model, epochs=2, val_groups=["bottom"], progress=False
+        adata, n_top_genes=20, model=model, head_type="frozen", epochs=2, val_groups=["bottom"], progress=False
     )
 
 
@@ -76,7 +76,7 @@ def test_training_sees_only_training_slides(adata, model, monkeypatch):
 
     monkeypatch.setattr(snn, "fit_expression_head", spy)
     head = storm.tl.train_expression_head(
-        adata, n_top_genes=20, model=model, epochs=1, val_groups=["bottom"], progress=False
+        adata, n_top_genes=20, model=model, head_type="frozen", epochs=1, val_groups=["bottom"], progress=False
     )
     top = adata[adata.obs["library_id"] == "top"]
     assert head.training_info["train_groups"] == ["top"]
@@ -271,7 +271,9 @@ def test_downscaled_image_gives_same_physical_patches_and_comparable_predictions
     section = real("her2st", "C3")
     genes = [str(g) for g in real("hist2st_genes")][:100]
     model = StormModel.from_pretrained()
-    head = storm.tl.train_expression_head(section, genes, model=model, epochs=3, val_groups=(), progress=False)
+    head = storm.tl.train_expression_head(
+        section, genes, model=model, head_type="frozen", epochs=3, val_groups=(), progress=False
+    )
 
     factor = 2.0
     small = section.copy()
@@ -348,7 +350,7 @@ def _restained(adata, lib, tmp_path):
 
 
 def test_stain_normalised_head_is_robust_to_another_labs_stains(adata, model, tmp_path):
-    kwargs = dict(n_top_genes=20, model=model, epochs=2, val_groups=["bottom"], progress=False)
+    kwargs = dict(n_top_genes=20, model=model, head_type="frozen", epochs=2, val_groups=["bottom"], progress=False)
     plain = storm.tl.train_expression_head(adata, **kwargs)
     normed = storm.tl.train_expression_head(adata, stain_norm=True, **kwargs)
     assert plain.setup["stain_target"] is None
@@ -384,7 +386,14 @@ def test_train_expression_head_warns_on_a_lowres_only_slide(adata, storm_log):
     for entry in lowres_only.uns["spatial"].values():
         entry["images"] = {"lowres": entry["images"]["lowres"]}
         entry["metadata"] = {k: v for k, v in entry["metadata"].items() if k != "fullres_path"}
-    kwargs = {"n_top_genes": 5, "model": model64, "epochs": 1, "val_groups": "bottom", "progress": False}
+    kwargs = {
+        "n_top_genes": 5,
+        "model": model64,
+        "head_type": "frozen",
+        "epochs": 1,
+        "val_groups": "bottom",
+        "progress": False,
+    }
     storm.tl.train_expression_head(adata, **kwargs)
     assert "too coarse" not in storm_log.text  # the hires image gives 44 px: fine
     storm.tl.train_expression_head(lowres_only, **kwargs)

@@ -215,6 +215,12 @@ class StormModel:
         )
         torch.manual_seed(random_state)
         model = cls(config)
+        if config.net.image_encoder == "efficientnet_lite0":  # start the tower from ImageNet, as timm's does
+            from storm.nn import load_imagenet_weights
+
+            load_imagenet_weights(model.module.image_encoder.backbone)
+            if model.module.teacher is not None:
+                model.module.update_teacher(momentum=0.0)
         encoder = model.module.expression_encoder
         if init_pca and isinstance(encoder, ExpressionEncoder):
             slides = [

@@ -10,7 +10,7 @@ from storm._dataclasses import strict_from_dict
 
 __all__ = ["StormNetConfig"]
 
-ImageEncoderKind = Literal["conv", "timm", "stain", "precomputed", "none"]
+ImageEncoderKind = Literal["conv", "efficientnet_lite0", "timm", "stain", "precomputed", "none"]
 ExpressionEncoderKind = Literal["gene_embedding", "raw", "none"]
 
 
@@ -44,8 +44,10 @@ class StormNetConfig:
     use_centre_embedding
         Add a learned embedding to the centre spot's tokens.
     image_encoder
-        ``"conv"`` (:class:`ConvImageEncoder`, from scratch; the offline default), ``"timm"``
-        (:class:`TimmImageEncoder`), ``"stain"`` (:class:`StainTextureFeaturizer`, training-free),
+        ``"conv"`` (:class:`ConvImageEncoder`, from scratch; the offline default), ``"efficientnet_lite0"``
+        (:class:`EfficientNetLiteEncoder`; :meth:`storm.models.StormModel.setup` starts it from its ImageNet
+        weights, the extra ``storm-st[efficientnet]``), ``"timm"`` (:class:`TimmImageEncoder`), ``"stain"``
+        (:class:`StainTextureFeaturizer`, training-free),
         ``"precomputed"`` (batches carry ``(B, W, image_feature_dim)`` features) or ``"none"`` (expression-only
         model).
     patch_px
@@ -60,7 +62,7 @@ class StormNetConfig:
         Do not train the image encoder; the frozen encoder is then its own teacher (no EMA copy).
     image_layer_decay
         Layer-wise learning-rate decay of the image encoder in :meth:`StormPretrainModel.param_groups`; ``None``:
-        0.7 for a pretrained timm backbone (the paper), 1.0 (off) otherwise.
+        0.7 for a pretrained timm or EfficientNet-Lite backbone (the paper), 1.0 (off) otherwise.
     expression_encoder
         ``"gene_embedding"`` (:class:`ExpressionEncoder`), ``"raw"`` (linear projection of the raw gene vector:
         the "raw HVG" ablation) or ``"none"`` (image-only model).
@@ -137,7 +139,7 @@ class StormNetConfig:
             problems.append(f"decoder_dim ({self.decoder_dim}) must be divisible by decoder_heads")
         if self.window_size < 1:
             problems.append(f"window_size must be ≥ 1, got {self.window_size}")
-        if self.image_encoder not in ("conv", "timm", "stain", "precomputed", "none"):
+        if self.image_encoder not in ("conv", "efficientnet_lite0", "timm", "stain", "precomputed", "none"):
             problems.append(f"unknown image_encoder {self.image_encoder!r}")
         if self.expression_encoder not in ("gene_embedding", "raw", "none"):
             problems.append(f"unknown expression_encoder {self.expression_encoder!r}")

@@ -14,12 +14,13 @@ from torch import nn
 
 from storm._files import file_sha256, read_saved_folder, write_manifest
 
-__all__ = ["ExpressionHead", "fit_expression_head", "l1_l2_loss", "predict_with_head"]
+__all__ = ["ExpressionHead", "SavedHead", "fit_expression_head", "l1_l2_loss", "predict_with_head"]
 
 HEAD_WEIGHTS_FILE = "head.safetensors"
 HEAD_CONFIG_FILE = "head.json"
 HEAD_FORMAT = "storm-expression-head"
-HEAD_FORMAT_VERSION = 1
+#: 2: ``arch['kind']`` names the head's class (1: only :class:`ExpressionHead` existed).
+HEAD_FORMAT_VERSION = 2
 _HEAD_KEYS = frozenset(
     {
         "format",
@@ -37,54 +38,20 @@ _HEAD_KEYS = frozenset(
 )
 
 
-class ExpressionHead(nn.Module):
-    """MLP from frozen embeddings to gene expression (the paper's virtual-ST head).
+class SavedHead(nn.Module):
+    """What every trained expression head carries, and its checked save/load (the base of both head kinds).
 
-    Inputs are standardised with the buffers ``feature_mean`` and ``feature_scale`` (set them from the training
-    features; identity by default), so the head can take features of very different ranges side by side (e.g. a
-    STORM embedding next to stain statistics).
-
-    A head that :func:`storm.tl.train_expression_head` returns also carries what it needs to be used safely later,
-    saved by :meth:`save` and checked by :meth:`load`: ``genes`` (its outputs, in order), ``encoder`` (the identity of
-    the model whose features it reads: name and fingerprint), ``features`` (which feature blocks, in order),
-    ``setup`` (patch size, context pitch, …), ``val_pearson`` (each gene's Pearson r on the validation slides) and
-    ``training`` (provenance).
-
-    Parameters
-    ----------
-    in_dim
-        Embedding width (``StormNetConfig.dim``).
-    n_genes
-        Number of predicted genes (e.g. 500 HVGs).
-    hidden_dim
-        Hidden width.
-    n_layers
-        Number of hidden layers (0: a linear head).
-    dropout
-        Dropout after each hidden layer.
+    Attributes set by :func:`storm.tl.train_expression_head`, saved by :meth:`save` and checked by :meth:`load`:
+    ``genes`` (its outputs, in order), ``encoder`` (the identity of the model it was trained with: name and
+    fingerprint), ``features`` (what it reads), ``setup`` (patch sizes, context pitch, stain target, …),
+    ``val_pearson`` (each gene's Pearson r on the validation slides) and ``training_info`` (provenance). ``arch``
+    holds the constructor arguments, with ``kind`` naming the class.
     """
 
-    def __init__(
-        self, in_dim: int, n_genes: int, *, hidden_dim: int = 256, n_layers: int = 1, dropout: float = 0.1
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_dim
-        for _ in range(n_layers):
-            layers += [nn.Linear(width, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Dropout(dropout)]
-            width = hidden_dim
-        layers.append(nn.Linear(width, n_genes))
-        self.net = nn.Sequential(*layers)
-        self.n_genes = n_genes
-        self.arch = {
-            "in_dim": int(in_dim),
-            "n_genes": int(n_genes),
-            "hidden_dim": int(hidden_dim),
-            "n_layers": int(n_layers),
-            "dropout": float(dropout),
-        }
-        self.register_buffer("feature_mean", torch.zeros(in_dim))
-        self.register_buffer("feature_scale", torch.ones(in_dim))
+    kind: str = ""
+    arch: dict[str, Any]
+
+    def _init_record(self) -> None:
         self.genes: list[str] | None = None
         self.encoder: dict[str, Any] = {}
         self.features: list[dict[str, Any]] = []
@@ -92,32 +59,23 @@ class ExpressionHead(nn.Module):
         self.val_pearson: list[float] | None = None
         self.training_info: dict[str, Any] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(..., in_dim)`` embeddings to ``(..., n_genes)`` predicted normalised expression."""
-        return self.net((x - self.feature_mean) / self.feature_scale)
+    @property
+    def n_genes(self) -> int:
+        """Number of predicted genes."""
+        return int(self.arch["n_genes"])
 
-    def set_standardization(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
-        """Standardise inputs as ``(x - mean) / scale`` (``scale`` is floored at 1e-6 of its largest entry)."""
-        scale = torch.as_tensor(scale, dtype=torch.float32).clone()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).clamp_min(1e-6 * float(scale.max()))
-        self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.feature_scale.copy_(scale)
-
-    def __repr__(self) -> str:
-        a = self.arch
-        genes = "?" if self.genes is None else f"{len(self.genes):,}"
-        name = self.encoder.get("name", "?")
-        return (
-            f"ExpressionHead(in_dim={a['in_dim']}, genes={genes}, hidden={a['hidden_dim']}×{a['n_layers']}, "
-            f"encoder={name!r}, features={[f.get('name') for f in self.features]})"
-        )
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any]) -> SavedHead:
+        """Build a fresh head of the architecture ``arch`` (what :meth:`save` records)."""
+        raise NotImplementedError  # pragma: no cover - each kind defines it
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Save the weights (``head.safetensors``) and ``head.json`` into folder ``path``.
 
         ``head.json`` holds the architecture, the gene list, the encoder identity, the feature blocks, the setup,
-        each gene's validation Pearson r, the provenance and the sha256 of the weights (checked by :meth:`load`).
+        each gene's validation Pearson r, the provenance and the sha256 of the weights (checked by :meth:`load`). The
+        folder is self-contained: every weight the head computes with is in it.
 
         Parameters
         ----------
@@ -149,7 +107,7 @@ class ExpressionHead(nn.Module):
             "format": HEAD_FORMAT,
             "format_version": HEAD_FORMAT_VERSION,
             "storm_version": __version__,
-            "arch": self.arch,
+            "arch": {"kind": self.kind, **self.arch},
             "genes": list(self.genes),
             "encoder": self.encoder,
             "features": self.features,
@@ -169,7 +127,7 @@ class ExpressionHead(nn.Module):
         *,
         encoder: Mapping[str, Any] | str | None = None,
         genes: Sequence[str] | None = None,
-    ) -> ExpressionHead:
+    ) -> SavedHead:
         """Load a head saved by :meth:`save`, after validating it.
 
         Parameters
@@ -184,7 +142,9 @@ class ExpressionHead(nn.Module):
 
         Returns
         -------
-        ExpressionHead
+        ExpressionHead or SpatialExpressionHead
+            The kind of head saved there (``arch['kind']``; folders written before there were kinds hold an
+            :class:`ExpressionHead`).
 
         Raises
         ------
@@ -225,14 +185,14 @@ class ExpressionHead(nn.Module):
                     f"({want[:12]}…). Its predictions would be meaningless: use the model it was trained with, or "
                     "train a new head with storm.tl.train_expression_head(model=...)."
                 )
-        arch = body["arch"]
-        head = cls(
-            int(arch["in_dim"]),
-            int(arch["n_genes"]),
-            hidden_dim=int(arch["hidden_dim"]),
-            n_layers=int(arch["n_layers"]),
-            dropout=float(arch["dropout"]),
-        )
+        arch = dict(body["arch"])
+        kind = arch.pop("kind", ExpressionHead.kind)
+        kinds = _head_kinds()
+        if kind not in kinds:
+            raise ValueError(
+                f"{cfg_path}: unknown head kind {kind!r} (this storm knows {sorted(kinds)}); upgrade storm."
+            )
+        head = kinds[kind].from_arch(arch)
         if len(saved_genes) != head.n_genes:
             raise ValueError(f"{cfg_path}: {len(saved_genes)} genes for a head of {head.n_genes} outputs.")
         state = load_file(str(w_path))
@@ -249,6 +209,89 @@ class ExpressionHead(nn.Module):
         head.training_info = dict(body.get("training") or {})
         head.eval()
         return head
+
+
+def _head_kinds() -> dict[str, type[SavedHead]]:
+    from ._spatial_head import SpatialExpressionHead
+
+    return {ExpressionHead.kind: ExpressionHead, SpatialExpressionHead.kind: SpatialExpressionHead}
+
+
+class ExpressionHead(SavedHead):
+    """MLP from frozen embeddings to gene expression (the paper's virtual-ST head; storm's "frozen" head).
+
+    Inputs are standardised with the buffers ``feature_mean`` and ``feature_scale`` (set them from the training
+    features; identity by default), so the head can take features of very different ranges side by side (e.g. a
+    STORM embedding next to stain statistics). What a trained head carries and how it is saved: :class:`SavedHead`.
+
+    Parameters
+    ----------
+    in_dim
+        Embedding width (``StormNetConfig.dim``).
+    n_genes
+        Number of predicted genes (e.g. 500 HVGs).
+    hidden_dim
+        Hidden width.
+    n_layers
+        Number of hidden layers (0: a linear head).
+    dropout
+        Dropout after each hidden layer.
+    """
+
+    kind = "mlp"
+
+    def __init__(
+        self, in_dim: int, n_genes: int, *, hidden_dim: int = 256, n_layers: int = 1, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Dropout(dropout)]
+            width = hidden_dim
+        layers.append(nn.Linear(width, n_genes))
+        self.net = nn.Sequential(*layers)
+        self.arch = {
+            "in_dim": int(in_dim),
+            "n_genes": int(n_genes),
+            "hidden_dim": int(hidden_dim),
+            "n_layers": int(n_layers),
+            "dropout": float(dropout),
+        }
+        self.register_buffer("feature_mean", torch.zeros(in_dim))
+        self.register_buffer("feature_scale", torch.ones(in_dim))
+        self._init_record()
+
+    @classmethod
+    def from_arch(cls, arch: Mapping[str, Any]) -> ExpressionHead:
+        """Build a fresh head of the architecture ``arch``."""
+        return cls(
+            int(arch["in_dim"]),
+            int(arch["n_genes"]),
+            hidden_dim=int(arch["hidden_dim"]),
+            n_layers=int(arch["n_layers"]),
+            dropout=float(arch["dropout"]),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(..., in_dim)`` embeddings to ``(..., n_genes)`` predicted normalised expression."""
+        return self.net((x - self.feature_mean) / self.feature_scale)
+
+    def set_standardization(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Standardise inputs as ``(x - mean) / scale`` (``scale`` is floored at 1e-6 of its largest entry)."""
+        scale = torch.as_tensor(scale, dtype=torch.float32).clone()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).clamp_min(1e-6 * float(scale.max()))
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feature_scale.copy_(scale)
+
+    def __repr__(self) -> str:
+        a = self.arch
+        genes = "?" if self.genes is None else f"{len(self.genes):,}"
+        name = self.encoder.get("name", "?")
+        return (
+            f"ExpressionHead(in_dim={a['in_dim']}, genes={genes}, hidden={a['hidden_dim']}×{a['n_layers']}, "
+            f"encoder={name!r}, features={[f.get('name') for f in self.features]})"
+        )
 
 
 def l1_l2_loss(

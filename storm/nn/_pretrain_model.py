@@ -14,6 +14,7 @@ from ._alibi import attention_mask, spatial_alibi_bias
 from ._batch import BatchKeys
 from ._config import StormNetConfig
 from ._decoders import TokenDecoder
+from ._efficientnet import EfficientNetLiteEncoder
 from ._ema import EMATeacher
 from ._expression_encoder import ExpressionEncoder, RawExpressionEncoder, broadcast_gene_mask
 from ._image_encoders import ConvImageEncoder, ImageEncoder
@@ -46,6 +47,8 @@ def _build_image_encoder(config: StormNetConfig) -> ImageEncoder | None:
     kind = config.image_encoder
     if kind == "conv":
         return ConvImageEncoder(config.image_feature_dim, widths=config.conv_widths)
+    if kind == "efficientnet_lite0":
+        return EfficientNetLiteEncoder(kind, input_px=config.patch_px, freeze=config.freeze_image_encoder)
     if kind == "timm":
         return TimmImageEncoder(
             config.timm_name,
@@ -558,7 +561,10 @@ class StormPretrainModel(nn.Module):
         if layer_decay is None:
             layer_decay = cfg.image_layer_decay
         if layer_decay is None:
-            layer_decay = 0.7 if cfg.image_encoder == "timm" and cfg.timm_pretrained else 1.0
+            pretrained = cfg.image_encoder == "efficientnet_lite0" or (
+                cfg.image_encoder == "timm" and cfg.timm_pretrained
+            )
+            layer_decay = 0.7 if pretrained else 1.0
         groups: list[dict[str, Any]] = []
         if self.image_encoder is not None and self.image_encoder_trainable:
             groups += layerwise_lr_groups(self.image_encoder, lr * layer_decay, layer_decay, weight_decay)

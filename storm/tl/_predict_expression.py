@@ -21,17 +21,64 @@ from storm.tl._expression_features import (
 from storm.tl._utils import elapsed, start_timer
 
 
-def check_head(head: Any, model: Any) -> None:
-    """Refuse a head that is not trained, trained on another encoder's features, or whose gene list was changed."""
-    from storm.nn import ExpressionHead
+def is_spatial_head(head: Any) -> bool:
+    """Whether ``head`` is a :class:`storm.nn.SpatialExpressionHead` (it carries its own image tower)."""
+    from storm.nn import SpatialExpressionHead
 
-    if not isinstance(head, ExpressionHead):
-        raise ValueError(f"`head` must be a storm.nn.ExpressionHead, got {type(head).__name__}.")
+    return isinstance(head, SpatialExpressionHead)
+
+
+def check_record(head: Any) -> None:
+    """Refuse what is not a trained head (no gene list, encoder identity or feature description, renamed genes)."""
+    from storm.nn import SavedHead
+
+    if not isinstance(head, SavedHead):
+        raise ValueError(
+            f"`head` must be a storm.nn.SpatialExpressionHead or ExpressionHead, got {type(head).__name__}."
+        )
     if head.genes is None or not head.encoder or not head.features:
         raise ValueError(
-            "This ExpressionHead has no gene list, encoder identity or feature description: train it with "
+            f"This {type(head).__name__} has no gene list, encoder identity or feature description: train it with "
             "storm.tl.train_expression_head, or load a saved one with ExpressionHead.load."
         )
+    n_genes, n_val = len(head.genes), None if head.val_pearson is None else len(head.val_pearson)
+    if n_genes != head.n_genes or n_val not in (None, head.n_genes):
+        raise ValueError(
+            f"This {type(head).__name__} has {head.n_genes:,} outputs but {n_genes:,} names in `head.genes`"
+            f"{'' if n_val is None else f' and {n_val:,} values in `head.val_pearson`'}: each prediction would go "
+            "under another gene's name. Keep `head.genes` as trained (or load the head again with "
+            "ExpressionHead.load)."
+        )
+
+
+def predict_spatial(
+    adata: AnnData, head: Any, *, stain_target: Any, library_key: str = "library_id", progress: bool = False
+) -> np.ndarray:
+    """Predictions of a spatial head for every spot of ``adata`` (its patches as scanned, its windows)."""
+    from storm.tl._spatial_head_inputs import slide_inputs
+
+    setup = head.setup
+    inputs = slide_inputs(
+        adata,
+        head,
+        scales_um=setup["scales_um"],
+        patch_px=int(setup["patch_px"]),
+        window=int(setup["window"]),
+        stain_target=stain_target,
+        library_key=library_key,
+        progress=progress,
+    )
+    pred = np.zeros((adata.n_obs, head.n_genes), dtype=np.float32)
+    for inp in inputs:
+        pred[inp.rows] = head.predict(inp.bottoms[0], inp.index, inp.offsets_um).numpy()
+    return pred
+
+
+def check_head(head: Any, model: Any) -> None:
+    """Refuse a head that is not trained, or a frozen head trained on another encoder's features."""
+    check_record(head)
+    if is_spatial_head(head):
+        return  # it computes with its own tower and transformer: no model's features to match
     ours = encoder_identity(model)
     if ours["fingerprint"] != head.encoder.get("fingerprint"):
         raise ValueError(
@@ -40,14 +87,6 @@ def check_head(head: Any, model: Any) -> None:
             f"({ours['fingerprint'][:12]}…). Pass the model the head was trained with, or train a new head."
         )
     check_features([f["name"] for f in head.features])
-    n_genes, n_val = len(head.genes), None if head.val_pearson is None else len(head.val_pearson)
-    if n_genes != head.n_genes or n_val not in (None, head.n_genes):
-        raise ValueError(
-            f"This ExpressionHead has {head.n_genes:,} outputs but {n_genes:,} names in `head.genes`"
-            f"{'' if n_val is None else f' and {n_val:,} values in `head.val_pearson`'}: each prediction would go "
-            "under another gene's name. Keep `head.genes` as trained (or load the head again with "
-            "ExpressionHead.load)."
-        )
 
 
 def var_frame(head: Any) -> pd.DataFrame:
@@ -108,10 +147,14 @@ def predict_expression(
     start = start_timer()
     if not isinstance(adata, AnnData):
         raise ValueError(f"`adata` must be an AnnData, got {type(adata).__name__}.")
+    stain_target = head_stain_target(head)
+    if is_spatial_head(head):
+        check_record(head)
+        pred = predict_spatial(adata, head, stain_target=stain_target, library_key=library_key, progress=progress)
+        return _prediction(adata, head, pred, start, stain_target=stain_target, batch_size=batch_size)
     model = resolve_model(model)
     check_head(head, model)
     names = [f["name"] for f in head.features]
-    stain_target = head_stain_target(head)
     x = spot_features(
         adata,
         model,
@@ -125,6 +168,12 @@ def predict_expression(
     if x.shape[1] != head.arch["in_dim"]:
         raise ValueError(f"Features have width {x.shape[1]} but the head expects {head.arch['in_dim']}.")
     pred = predict_with_head(head, torch.from_numpy(x), device=resolve_device(accelerator)).numpy().astype(np.float32)
+    return _prediction(adata, head, pred, start, stain_target=stain_target, batch_size=batch_size)
+
+
+def _prediction(adata: AnnData, head: Any, pred: np.ndarray, start: float, *, stain_target, batch_size: int) -> AnnData:
+    """Build the AnnData that :func:`predict_expression` returns."""
+    names = [f["name"] for f in head.features]
     out = AnnData(X=pred, obs=adata.obs.copy(), var=var_frame(head))
     if "spatial" in adata.obsm:
         out.obsm["spatial"] = np.asarray(adata.obsm["spatial"]).copy()

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from storm._logging import logger
 from storm.tl._expression_features import head_stain_target, resolve_model, stain_featurizer
-from storm.tl._predict_expression import check_head, var_frame
+from storm.tl._predict_expression import check_head, check_record, is_spatial_head, var_frame
 from storm.tl._utils import elapsed, start_timer
 
 #: Longest side of the thumbnail on which tissue is detected (and which is kept for plots).
@@ -382,8 +382,12 @@ def virtual_st(
         raise ValueError(f"tile_um must be a positive size in µm, got {tile_um}.")
     if not 0 <= min_tissue_fraction <= 1:
         raise ValueError(f"min_tissue_fraction must be in [0, 1], got {min_tissue_fraction}.")
-    model = resolve_model(model)
-    check_head(head, model)
+    spatial = is_spatial_head(head)  # a spatial head carries its own tower and transformer: no model needed
+    if spatial:
+        check_record(head)
+    else:
+        model = resolve_model(model)
+        check_head(head, model)
     from storm.tl._spatialdata import add_tiles, is_spatialdata, slide_of_spatialdata
 
     sdata = image_or_adata if is_spatialdata(image_or_adata) else None
@@ -408,12 +412,18 @@ def virtual_st(
     # a whole-slide image is read at its pyramid level nearest the model's patch resolution; below, pixels are the
     # level's (ds full-resolution px each) until the tiles' positions are written back in full-resolution pixels
     mpp_full = float(mpp)
-    reader.use_downsample(model.config.size_um / model.config.patch_px / mpp_full)
+    finest_um_per_px = (
+        min(head.setup["scales_um"]) / int(head.setup["patch_px"])
+        if spatial
+        else model.config.size_um / model.config.patch_px
+    )
+    reader.use_downsample(finest_um_per_px / mpp_full)
     ds = float(reader.downsample)
     mpp = mpp_full * ds
     height, width = reader.shape
     pitch = tile_um / mpp
-    side = model.config.size_um / mpp
+    sizes_um = [float(v) for v in head.setup["scales_um"]] if spatial else [float(model.config.size_um)]
+    sides = [v / mpp for v in sizes_um]
     n_rows, n_cols = int(height // pitch), int(width // pitch)
     if n_rows < 1 or n_cols < 1:
         reader.close()
@@ -447,16 +457,17 @@ def virtual_st(
         f"({pitch:.1f} px) on a {n_cols}×{n_rows} grid (saturation threshold {thr:.3f})"
     )
 
-    device = resolve_device(accelerator)
-    module = model.module.to(device)
+    device = torch.device("cpu") if spatial else resolve_device(accelerator)
+    module = head if spatial else model.module.to(device)
     was_training = module.training
     module.eval()
     names = [f["name"] for f in head.features]
-    px = model.config.patch_px
-    feat = np.zeros((n, int(module.image_dim)), dtype=np.float32)
+    px = int(head.setup["patch_px"]) if spatial else model.config.patch_px
+    feat_dim = len(sizes_um) * head.tower.out_dim if spatial else int(module.image_dim)
+    feat = np.zeros((n, feat_dim), dtype=np.float32)
     stain = stain_featurizer().to(device) if "stain" in names else None
     stain_feat = np.zeros((n, stain.out_dim), dtype=np.float32) if stain is not None else None
-    margin = max(0.0, side / 2 - pitch / 2) + 2
+    margin = max(0.0, max(sides) / 2 - pitch / 2) + 2
     stain_target = head_stain_target(head)
     from storm._patch_crop import crop_patches
     from storm.pp import fit_stain_profile, normalize_stain
@@ -466,7 +477,7 @@ def virtual_st(
     bands = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1) if bounds[i + 1] > bounds[i]]
 
     def tile_patches(selected: np.ndarray | None = None, desc: str | None = None):
-        """Yield (tile indices, uint8 patches), band by band (tiles are sorted by row: each band is a slice)."""
+        """Yield (tile indices, uint8 patches of each size), band by band (tiles sorted by row: a band is a slice)."""
         for b0, b1 in tqdm(bands, desc=desc, unit="band", disable=not progress or desc is None):
             idx = np.arange(b0, b1) if selected is None else selected[(selected >= b0) & (selected < b1)]
             if not len(idx):
@@ -479,35 +490,43 @@ def virtual_st(
                     part = idx[s0 : s0 + batch_size]
                     x0 = max(0, int(np.floor(cc[part].min() * pitch - margin)))
                     x1 = min(width, int(np.ceil((cc[part].max() + 1) * pitch + margin)))
-                    yield part, crop_patches(reader.read(y0, y1, x0, x1), centres[part] - np.array([x0, y0]), side, px)
+                    region, local = reader.read(y0, y1, x0, x1), centres[part] - np.array([x0, y0])
+                    yield part, [crop_patches(region, local, side, px) for side in sides]
                 continue
             band = reader.read(y0, y1)
             for s0 in range(0, len(idx), batch_size):
                 part = idx[s0 : s0 + batch_size]
-                yield part, crop_patches(band, centres[part] - np.array([0.0, y0]), side, px)
+                local = centres[part] - np.array([0.0, y0])
+                yield part, [crop_patches(band, local, side, px) for side in sides]
             del band
 
     try:
         source = None
         if stain_target is not None:  # pass 0: the slide's own stains, from a sample of its tiles
-            sample = [p for _, p in tile_patches(sample_rows(n, N_PATCHES, 0))]
+            sample = [p[0] for _, p in tile_patches(sample_rows(n, N_PATCHES, 0))]
             source = fit_stain_profile(np.concatenate(sample))
         with torch.inference_mode():
             # pass 1: image features, band by band
-            for part, patches in tile_patches(desc="virtual_st: encode tiles"):
+            for part, per_size in tile_patches(desc="virtual_st: encode tiles"):
                 if source is not None:
-                    patches = normalize_stain(patches, source, stain_target)
-                t = torch.from_numpy(patches).permute(0, 3, 1, 2).to(device)
-                feat[part] = module.image_features(t).float().cpu().numpy()
+                    per_size = [normalize_stain(p, source, stain_target) for p in per_size]
+                ts = [torch.from_numpy(p).permute(0, 3, 1, 2).to(device) for p in per_size]
+                if spatial:
+                    feat[part] = head.tokens(torch.stack([head.bottom(t) for t in ts], dim=1)).numpy()
+                    continue
+                feat[part] = module.image_features(ts[0]).float().cpu().numpy()
                 if stain is not None:
-                    stain_feat[part] = stain(t).cpu().numpy()
+                    stain_feat[part] = stain(ts[0]).cpu().numpy()
             reader.close()
             # pass 2: windows of tiles through the spatial transformer, then the head
             grid = np.full((n_rows, n_cols), -1, dtype=np.int64)
             grid[rr, cc] = np.arange(n)
             pitch_um = float(head.setup.get("context_pitch_um", float("nan")))
             step = max(1, round(pitch_um / tile_um)) if np.isfinite(pitch_um) else 1
-            offsets = _grid_offsets("st", int(model.config.window))[: module.config.window_size]
+            window = int(head.setup["window"]) if spatial else int(model.config.window)
+            window_size = head.arch["window_size"] if spatial else module.config.window_size
+            offsets = _grid_offsets("st", window)[:window_size]
+            projected = head.proj(torch.from_numpy(feat)) if spatial else None
             pred = np.zeros((n, len(head.genes)), dtype=np.float32)
             embedding = None  # allocated at the first batch, at the embedding's width
             for s0 in tqdm(range(0, n, batch_size), desc="virtual_st: predict", unit="batch", disable=not progress):
@@ -520,6 +539,10 @@ def virtual_st(
                 off = np.stack([(nc - cc[sl, None]) * pitch * mpp, (nr - rr[sl, None]) * pitch * mpp], axis=-1)
                 off = np.where(valid[..., None], off, 0.0).astype(np.float32)
                 valid_t = torch.from_numpy(valid).to(device)
+                if spatial:
+                    index_t, off_t = torch.from_numpy(index), torch.from_numpy(off)
+                    pred[sl] = head.windows_projected(projected, index_t, off_t).numpy()
+                    continue
                 img = torch.from_numpy(feat[np.maximum(index, 0)]).to(device) * valid_t.unsqueeze(-1)
                 batch = {BatchKeys.OFFSETS: torch.from_numpy(off).to(device), BatchKeys.POS_MASK: valid_t}
                 batch[BatchKeys.IMAGE] = img
