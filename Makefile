@@ -62,14 +62,16 @@ docs: docs-env
 	$(BIN)/sphinx-build -W --keep-going -b html docs $(DOCS_HTML)
 	@echo "Documentation: $(DOCS_HTML)/index.html"
 
-# Debian's chromium and its WebDriver (a browser that downloads its own build cannot be installed here).
+# Debian's chromium and its WebDriver (a browser that downloads its own build cannot be installed here);
+# nothing to do where both are installed, no question asked where they are not (CI has no stdin).
 docs-browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		sudo=$$(test "$$(id -u)" = 0 || echo sudo); \
-		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium chromium-driver; }
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 # Headless chromium over the built site: pages render, images load, no console error, no broken internal link.
-docs-check: docs docs-browser
+docs-check: docs-browser docs
 	$(BIN)/python tools/check_docs_browser.py $(DOCS_HTML) --screenshots $(SCREENSHOTS)
 
 lint: env

@@ -10,7 +10,7 @@ Per data set with cell types (MERFISH mouse preoptic area, 6,509 cells × 155 ge
 - ``genes_read``: panel genes the embedding reads; ``seconds``: adaptation + embedding (or the PCA).
 
 Methods: ``pca50`` (normalise to 10⁴, log1p, 50-component PCA: the baseline of issue 7), ``storm zero-shot``
-(the shipped storm-mini, expression mode), ``storm adapted`` (:meth:`storm.models.StormModel.adapt` on the same
+(the shipped storm-mini, expression mode), ``storm adapted`` (:func:`storm.train.adapt` on the same
 cells, default settings: the panel's new genes appended, 800 steps; no labels used), and ``storm adapted,
 no new genes`` (adaptation on the known genes only: what the extra genes add), and the peer ``Novae (from
 scratch)`` (``benchmarks/peers/run_novae.py`` in its own environment: Delaunay graph pruned at 100 µm, its default
@@ -134,7 +134,10 @@ def run(name: str, *, steps: int, seed: int, methods: list[str]) -> list[dict]:
             continue
         kwargs = VARIANTS[method]
         start = time.perf_counter()
-        model = base if kwargs is None else base.adapt(adata, steps=steps, random_state=seed, progress=False, **kwargs)
+        if kwargs is None:
+            model = base
+        else:
+            model = storm.train.adapt(base, adata, steps=steps, random_state=seed, progress=False, **kwargs)
         storm.tl.embed(adata, model, mode="expression")
         seconds = time.perf_counter() - start
         storm.tl.domains(adata, n_domains=k, random_state=seed)

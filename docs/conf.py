@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from datetime import date
 from pathlib import Path
 
@@ -10,6 +11,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "_ext"))
 
 import storm  # noqa: E402
+
+# sphinx-autodoc-typehints 3.6 calls an API Sphinx 10 removes, once per docstring: hundreds of identical lines that
+# bury the build's own warnings (it still works with this Sphinx; -W covers Sphinx's warnings, not Python's)
+warnings.filterwarnings("ignore", message=r".*_RstSnippetParser\.set_application.* is deprecated")
 
 # -- Project ------------------------------------------------------------------------------------------------------
 project = "storm"
@@ -79,7 +84,8 @@ python_use_unqualified_type_names = True
 
 # -- Notebooks (myst-nb renders the executed copies prepared by storm_notebooks) ----------------------------------
 nb_execution_mode = "off"  # executed once, with papermill in quick mode, and reused from the test run when fresh
-nb_output_stderr = "remove-warn"
+# storm_notebooks has already reduced stderr to storm's own warnings, which the reader should see
+nb_output_stderr = "show"
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3
@@ -89,6 +95,9 @@ html_theme = "sphinx_book_theme"
 html_title = f"storm {release}"
 html_static_path = ["_static"]
 html_css_files = ["storm.css"]
+html_logo = html_favicon = "_static/storm-logo.svg"  # also spares the browser its request for /favicon.ico
+# pydata-sphinx-theme's script reads the colour mode from here; left empty it logs a console error on each page
+html_context = {"default_mode": "light"}
 html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,

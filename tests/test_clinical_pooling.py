@@ -1,10 +1,11 @@
-"""Random-effects pooling: DerSimonian–Laird against a computation written out by hand."""
+"""Random-effects pooling: DerSimonian–Laird against a computation written out by hand and against statsmodels."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from _data import real
 from scipy import stats
 
 from storm import clinical
@@ -106,3 +107,57 @@ def test_pooling_bad_input():
         clinical.pool_random_effects([0.1, 0.2], [0.1, 0.2], method="REML")
     with pytest.raises(ValueError, match="'coef'"):
         clinical.pool_hazard_ratios(pd.DataFrame({"x": [1, 2]}))
+
+
+@pytest.fixture(scope="module")
+def predictior_per_cohort():
+    """CD274, CYT and GEP in each PredictioR ICB cohort: log HR with its Cox SE, logit AUC with Hanley–McNeil's."""
+    import warnings
+
+    from storm import datasets
+
+    cohorts = {}
+    for name in datasets.icb_cohorts().index:
+        adata = real("icb_cohort", name)
+        scores = clinical.biomarker_table(adata, biomarkers=("CD274", "CYT", "GEP"))
+        cohorts[name] = pd.concat([adata.obs, scores], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", clinical.ClinicalDataWarning)  # dropped patients, Miao's inverted events
+        return clinical.cohort_table(cohorts, ["CD274", "CYT", "GEP"], n_boot=0, pool=None)
+
+
+def _pools(table):
+    for biomarker, part in table.groupby("biomarker"):
+        hr = part[part["in_pooled_hr"] & part["log_hr_se"].notna()]
+        yield f"{biomarker} HR", hr["log_hr"].to_numpy(), hr["log_hr_se"].to_numpy()
+        auc = part[part["in_pooled_auc"] & part["auc"].notna()]
+        a = auc["auc"].to_numpy()
+        se = clinical.hanley_mcneil_se(a, auc["n_responders"], auc["n_nonresponders"]) / (a * (1 - a))
+        yield f"{biomarker} AUC", np.log(a / (1 - a)), se
+
+
+@pytest.mark.slow  # loads the eight cohorts (~20 s)
+def test_dersimonian_laird_gives_statsmodels_numbers_on_the_predictior_cohorts(predictior_per_cohort):
+    # storm keeps its own DerSimonian–Laird: statsmodels' combine_effects(method_re="dl") leaves τ² negative when
+    # Cochran's Q < k - 1 (it does not truncate at 0), which shifts the pooled effect and narrows its interval.
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    truncated = []
+    for name, y, se in _pools(predictior_per_cohort):
+        assert len(y) >= 7, name
+        ours = clinical.pool_random_effects(y, se)
+        theirs = combine_effects(y, se**2, method_re="dl")
+        assert ours["q"] == pytest.approx(theirs.q, rel=1e-10), name
+        if theirs.tau2 >= 0:
+            assert ours["tau2"] == pytest.approx(theirs.tau2, rel=1e-10), name
+            assert ours["estimate"] == pytest.approx(theirs.mean_effect_re, rel=1e-10), name
+            assert ours["se"] == pytest.approx(theirs.sd_eff_w_re, rel=1e-10), name
+            assert ours["i2"] == pytest.approx(theirs.i2, rel=1e-10), name
+            np.testing.assert_allclose(ours["weights"], theirs.weights_rel_re, rtol=1e-10)
+        else:  # τ² = max(0, ·): the random-effects pool is then the fixed-effect one
+            truncated.append(name)
+            assert ours["tau2"] == 0
+            assert ours["i2"] == 0
+            assert ours["estimate"] == pytest.approx(theirs.mean_effect_fe, rel=1e-10), name
+            assert ours["se"] == pytest.approx(theirs.sd_eff_w_fe, rel=1e-10), name
+    assert 0 < len(truncated) < 6  # both branches are exercised on these cohorts

@@ -146,10 +146,13 @@ def test_fullres_patch_is_centred_and_sized(tmp_path):
 
 def test_microns_per_pixel_overrides_the_fit(tmp_path):
     adata, _ = st_fullres(tmp_path)
-    adata.uns["spatial"]["C2"]["scalefactors"]["microns_per_pixel"] = 0.4
+    adata.uns["spatial"]["C2"]["scalefactors"]["microns_per_pixel"] = 0.9  # the grid fits 0.8: within tolerance
     scale = pp.patch_scale(adata, size_um=100.0)
     assert scale.loc["C2", "mpp_source"] == "microns_per_pixel"
-    assert scale.loc["C2", "crop_px"] == pytest.approx(250.0)
+    assert scale.loc["C2", "crop_px"] == pytest.approx(100 / 0.9)
+    adata.uns["spatial"]["C2"]["scalefactors"]["microns_per_pixel"] = 0.4  # half the grid's: a contradiction
+    with pytest.raises(ValueError, match=r"is 250\.0 px, but .* say 500\.0 px .*which no scale factor .* explains"):
+        pp.patch_scale(adata, size_um=100.0)
 
 
 def test_st_pitch_fit_is_rotation_invariant():
@@ -206,8 +209,9 @@ def test_spots_outside_the_image_raise(tmp_path):
 def test_batches_stream_in_obs_order():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(300, 300, 3), dtype=np.uint8)
-    xy = rng.uniform(0, 299, size=(70, 2))
-    adata = slide(xy, scalefactors={"microns_per_pixel": 1.0, "tissue_hires_scalef": 1.0}, images={"hires": img})
+    xy = rng.uniform(0, 299, size=(70, 2))  # 18 µm apart: no spot grid, so no grid platform
+    sf = {"microns_per_pixel": 1.0, "tissue_hires_scalef": 1.0}
+    adata = slide(xy, platform=None, scalefactors=sf, images={"hires": img})
     batches = list(pp.extract_patches(adata, size_um=20, out_px=16, batch_size=32))
     assert [len(b) for b in batches] == [32, 32, 6]
     one = all_patches(adata, size_um=20, out_px=16, batch_size=1000)
@@ -399,3 +403,91 @@ def test_her2st_section_without_image_raises():
     adata = real("her2st", "B1")
     with pytest.raises(ValueError, match="has no image at all"):
         pp.extract_patches(adata)
+
+
+# --- coordinates in the wrong pixels, grid columns swapped (issue 17, faults 3 and 4) --------------------------------
+
+FIXTURE_LIB = "V1_Adult_Mouse_Brain"
+
+
+def _unchanged(adata, before):
+    np.testing.assert_array_equal(adata.obsm["spatial"], before.obsm["spatial"])
+    assert adata.uns["spatial"][FIXTURE_LIB]["scalefactors"] == before.uns["spatial"][FIXTURE_LIB]["scalefactors"]
+    pd.testing.assert_frame_equal(adata.obs, before.obs)
+
+
+@pytest.mark.parametrize("image", ["hires", "lowres"])
+@pytest.mark.parametrize(
+    ("drop", "reference"),
+    [
+        ((), "spot_pitch_fullres"),  # microns_per_pixel given
+        (("microns_per_pixel",), "spot_pitch_fullres"),  # fitted from the grid
+        (("microns_per_pixel", "spot_pitch_fullres"), "spot_diameter_fullres"),  # a scanpy.read_visium slide
+    ],
+)
+def test_spatial_in_hires_or_lowres_pixels_is_refused_naming_the_scale_factor(image, drop, reference):
+    adata = real("visium_fixture")
+    sf = adata.uns["spatial"][FIXTURE_LIB]["scalefactors"]
+    for key in drop:
+        del sf[key]
+    factor = sf[f"tissue_{image}_scalef"]
+    adata.obsm["spatial"] = adata.obsm["spatial"] * factor
+    before = adata.copy()
+    match = rf"spot pitch in obsm\['spatial'\].*\({reference}.*matches tissue_{image}_scalef = .*Divide it by"
+    with pytest.raises(ValueError, match=match):
+        pp.patch_scale(adata)
+    with pytest.raises(ValueError, match=match):
+        pp.spatial_windows(adata)
+    _unchanged(adata, before)
+    adata.obsm["spatial"] = adata.obsm["spatial"] / factor  # the advice works
+    assert pp.patch_scale(adata).loc[FIXTURE_LIB, "microns_per_pixel"] == pytest.approx(0.725, abs=0.001)
+
+
+def test_spatial_in_hires_pixels_without_array_coordinates_is_refused_from_nearest_neighbours():
+    adata = real("visium_fixture")
+    sf = adata.uns["spatial"][FIXTURE_LIB]["scalefactors"]
+    del adata.obs["array_row"], adata.obs["array_col"]
+    adata.obsm["spatial"] = adata.obsm["spatial"] * sf["tissue_hires_scalef"]
+    with pytest.raises(ValueError, match=r"is 79\.7 px, but .* 137\.9 px \(spot_pitch_fullres\).*tissue_hires_scalef"):
+        pp.patch_scale(adata)
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["microns_per_pixel_given", "fitted"])
+def test_swapped_array_row_and_array_col_of_a_visium_slide_are_refused(given):
+    adata = real("visium_fixture")
+    if not given:
+        del adata.uns["spatial"][FIXTURE_LIB]["scalefactors"]["microns_per_pixel"]
+    adata.obs[["array_row", "array_col"]] = adata.obs[["array_col", "array_row"]].to_numpy()
+    before = adata.copy()
+    match = r"obs\['array_row'\] and obs\['array_col'\] of slide 'V1_Adult_Mouse_Brain' look swapped.*3\.0\d×.*Swap"
+    for call in (pp.patch_scale, pp.spatial_windows):
+        with pytest.raises(ValueError, match=match):
+            call(adata)
+    _unchanged(adata, before)
+    adata.obs[["array_row", "array_col"]] = adata.obs[["array_col", "array_row"]].to_numpy()  # the advice works
+    np.testing.assert_array_equal(pp.spatial_windows(adata).index, pp.spatial_windows(real("visium_fixture")).index)
+
+
+def test_swapped_columns_are_refused_by_the_visium_reader(tmp_path):
+    from storm.io._visium import visium_microns_per_pixel
+
+    rr, cc = np.meshgrid(np.arange(6), np.arange(12), indexing="ij")
+    keep = ((rr + cc) % 2 == 0).ravel()
+    row, col = rr.ravel()[keep], cc.ravel()[keep]
+    positions = pd.DataFrame({"pxl_col_in_fullres": col * 69.0 + 300, "pxl_row_in_fullres": row * 119.5 + 300})
+    positions["array_row"], positions["array_col"] = row, col
+    assert visium_microns_per_pixel(positions)[0] == pytest.approx(50 / 69, rel=0.01)
+    positions["array_row"], positions["array_col"] = col, row
+    with pytest.raises(ValueError, match="look swapped"):
+        visium_microns_per_pixel(positions, library_id="A")
+
+
+@pytest.mark.parametrize("swapped", [False, True])
+def test_legacy_st_sections_pass_the_grid_checks_either_way_round(her2st, swapped):
+    # a square grid: swapping its rows and columns is a reflection the fit absorbs, with nothing to refuse
+    adata = her2st.copy()
+    if swapped:
+        adata.obs[["array_row", "array_col"]] = adata.obs[["array_col", "array_row"]].to_numpy()
+    scale = pp.patch_scale(adata)
+    assert scale.loc["C2", "microns_per_pixel"] == pytest.approx(0.688, abs=0.001)
+    assert pp.spatial_windows(adata).n_valid.max() > 1

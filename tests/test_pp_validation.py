@@ -94,6 +94,10 @@ def nonfinite_counts(a):
     a.X.data[3] = np.inf
 
 
+def object_counts(a):
+    a.X = a.X.toarray().astype(object)
+
+
 def duplicate_obs(a):
     a.obs_names = ["spot0"] * 2 + list(a.obs_names[2:])
 
@@ -144,6 +148,7 @@ CASES = [
     (no_scale, ["spatial_windows", "extract_patches", "patch_scale"], "No physical scale"),
     (negative_counts, ["qc_metrics", "filter_spots", "normalize"], "negative values"),
     (nonfinite_counts, ["qc_metrics", "filter_spots", "normalize"], "NaN or infinite values"),
+    (object_counts, ["qc_metrics", "filter_spots", "normalize"], r"holds object values, not numbers.*astype"),
     (duplicate_obs, ["qc_metrics", "filter_spots", "normalize", "harmonize_genes"], "obs names occur more"),
     (duplicate_var, ["qc_metrics", "filter_spots", "normalize", "harmonize_genes"], "var names occur more"),
     (unknown_library, ["spatial_windows", "extract_patches", "patch_scale"], r"'B'.*has no `adata.uns\['spatial'\]"),

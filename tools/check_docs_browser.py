@@ -6,7 +6,8 @@ The site is served over HTTP from a local port, as a documentation host would se
 the API page of ``storm.tl.embed`` and the quickstart tutorial) must each render a non-empty article, load every
 image (``naturalWidth > 0``; the tutorial at least one figure) and log no console error; a screenshot of each is
 written. Every ``href`` and ``src`` of every built page that points inside the site must reach a file, and its
-``#fragment`` an id of that file. Finally the site must hold one API page per public name of storm's modules.
+``#fragment`` an id of that file. Finally the site must hold a page with at least one figure per tutorial and figure
+notebook, and one API page per public name of storm's modules.
 Exits 1 with one line per failure. Uses Debian's ``chromium`` and ``chromedriver`` (``make docs-browser``).
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))  # the docs' own extensions: which pages the site must hold
 #: (name of the screenshot, page, whether the page must show a figure)
 PAGES = [
     ("home", "index.html", False),
@@ -41,21 +43,47 @@ return {
 };
 """
 
+_FIRST_FIGURE_JS = "const f = document.querySelector('.cell_output img'); if (f) f.scrollIntoView({block: 'center'});"
+
 
 class _Links(HTMLParser):
-    """The ids of a page and the targets of its ``href`` and ``src`` attributes."""
+    """The ids of a page, the targets of its ``href`` and ``src`` attributes and the sources of its images."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ids: set[str] = set()
         self.targets: list[str] = []
+        self.images: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images += [value for key, value in attrs if key == "src" and value]
         for key, value in attrs:
             if key in ("id", "name") and value:
                 self.ids.add(value)
             elif key in ("href", "src") and value and not (tag == "link" and ("rel", "preconnect") in attrs):
                 self.targets.append(value)
+
+
+def built_pages(site: Path) -> list[Path]:
+    """Return the HTML pages of the built site: every ``.html`` file but the themes' Jinja macros in ``_static/``.
+
+    Parameters
+    ----------
+    site
+        The HTML output folder.
+
+    Returns
+    -------
+    The pages, sorted.
+    """
+    return sorted(p for p in site.rglob("*.html") if "_static" not in p.relative_to(site).parts)
+
+
+def _parse(page: Path) -> _Links:
+    links = _Links()
+    links.feed(page.read_text(encoding="utf-8", errors="replace"))
+    return links
 
 
 def broken_links(site: Path) -> list[str]:
@@ -70,11 +98,7 @@ def broken_links(site: Path) -> list[str]:
     -------
     One ``"page: target"`` line per broken link.
     """
-    parsed = {}
-    for page in site.rglob("*.html"):
-        links = _Links()
-        links.feed(page.read_text(encoding="utf-8", errors="replace"))
-        parsed[page.resolve()] = links
+    parsed = {page.resolve(): _parse(page) for page in built_pages(site)}
     broken = []
     for page, links in parsed.items():
         for target in links.targets:
@@ -91,6 +115,31 @@ def broken_links(site: Path) -> list[str]:
     return broken
 
 
+def notebook_figure_errors(site: Path) -> list[str]:
+    """Return a line per tutorial or figure notebook whose page is missing or shows no figure.
+
+    Parameters
+    ----------
+    site
+        The HTML output folder.
+
+    Returns
+    -------
+    The failures (empty when each notebook has a page with at least one image of its outputs).
+    """
+    from quick_notebooks import NOTEBOOKS
+    from storm_notebooks import PAGES
+
+    errors = []
+    for notebook in NOTEBOOKS:
+        page = site / PAGES[notebook.parent.name] / f"{notebook.stem}.html"
+        if not page.is_file():
+            errors.append(f"{notebook.parent.name}/{notebook.name}: no page {page.relative_to(site)}")
+        elif not any("_images/" in src for src in _parse(page).images):
+            errors.append(f"{page.relative_to(site)}: no figure")
+    return errors
+
+
 def api_page_count_errors(site: Path) -> list[str]:
     """Return a line per module whose public names and API pages differ.
 
@@ -103,7 +152,6 @@ def api_page_count_errors(site: Path) -> list[str]:
     -------
     The differences (empty when every public name has its page and no page lacks a name).
     """
-    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
     from storm_api import SECTIONS
 
     errors = []
@@ -165,6 +213,8 @@ def check_pages(base_url: str, screenshots: Path) -> list[str]:
             driver.execute_script("window.scrollTo(0, 0)")
             state = driver.execute_script(_PAGE_STATE_JS)
             errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            if needs_figure:  # the screenshot shows the page's first figure rather than its title
+                driver.execute_script(_FIRST_FIGURE_JS)
             driver.save_screenshot(str(screenshots / f"{name}.png"))
             loaded = [src for src, width, complete in state["images"] if complete and width > 0]
             print(f"{page}: article {state['text']} characters, {len(loaded)}/{len(state['images'])} images loaded")
@@ -197,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.site / "index.html").is_file():
         parser.error(f"{args.site} has no index.html: build the site first (`make docs`).")
-    failures = broken_links(args.site) + api_page_count_errors(args.site)
+    failures = broken_links(args.site) + notebook_figure_errors(args.site) + api_page_count_errors(args.site)
     server = _serve(args.site)
     try:
         failures += check_pages(f"http://127.0.0.1:{server.server_address[1]}/", args.screenshots)
@@ -205,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         server.shutdown()
     for line in failures:
         print(f"FAILED {line}")
-    pages = len(list(args.site.rglob("*.html")))
+    pages = len(built_pages(args.site))
     print(f"{len(failures)} failure(s); {pages} pages crawled; screenshots in {args.screenshots}/")
     return 1 if failures else 0
 

@@ -310,8 +310,24 @@ def _on_config_inited(app, config) -> None:
     write_api_pages(Path(app.srcdir) / "api")
 
 
+def _on_collect_pages(app):
+    # viewcode links each object of a module's source page back to the page that documented it last, but under
+    # the anchor of the module that documented the first object (one per module): a name documented twice
+    # (storm.clinical.signature_score, re-exported as storm.tl.signature_score) gets a link to a missing anchor.
+    # Point each object back to its page under that module, which holds the anchor.
+    for entry in getattr(app.env, "_viewcode_modules", {}).values():
+        if entry:
+            _code, _tags, used, refname = entry
+            for fullname, docname in used.items():
+                own = f"api/generated/{refname}.{fullname.split('.')[0]}"
+                if docname != own and own in app.env.all_docs:
+                    used[fullname] = own
+    return []
+
+
 def setup(app):
     """Register the page generation (before autosummary reads the sources) and the constants' documentation."""
     app.connect("config-inited", _on_config_inited)
     app.connect("autodoc-process-docstring", _on_process_docstring)
+    app.connect("html-collect-pages", _on_collect_pages, priority=400)  # before viewcode writes its pages (500)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

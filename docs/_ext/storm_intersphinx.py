@@ -47,6 +47,7 @@ INVENTORIES: dict[str, tuple[str, list[str], list[str]]] = {
     "torch": ("https://docs.pytorch.org/docs/stable/", ["torch"], []),
     "lightning": ("https://lightning.ai/docs/pytorch/stable/", ["lightning", "pytorch_lightning"], []),
     "lifelines": ("https://lifelines.readthedocs.io/en/stable/", ["lifelines"], []),
+    "spatialdata": ("https://spatialdata.scverse.org/en/stable/", ["spatialdata"], []),
 }
 
 

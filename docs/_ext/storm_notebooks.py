@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 PAGES = {"tutorials": "tutorials", "notebooks": "figures"}
 NOTES = DOCS / "figure_notes.toml"
 # storm's own log lines at WARNING and above, and warnings raised from storm's code; everything else on stderr goes
-_KEEP_STDERR = re.compile(r"^(WARNING|ERROR|CRITICAL) storm: |/storm/[^:]*\.py:\d+: \w*Warning: ")
+_KEEP_STDERR = re.compile(r"^(WARNING|ERROR|CRITICAL) storm: |(^|/)storm/[^:]*\.py:\d+: \w*Warning: ")
 
 
 def figure_box(note: dict[str, str]) -> str:
@@ -70,7 +70,8 @@ def keep_stderr(text: str) -> str:
     -------
     The kept lines (empty when nothing is kept).
     """
-    kept, lines = [], text.replace("\r", "\n").splitlines()
+    # A warning's location is written relative to the repository: the machine that ran the notebook is no concern
+    kept, lines = [], text.replace("\r", "\n").replace(f"{DOCS.parent}/", "").splitlines()
     for i, line in enumerate(lines):
         if _KEEP_STDERR.search(line):
             kept.append(line)
@@ -80,7 +81,9 @@ def keep_stderr(text: str) -> str:
 
 
 def prepare_page(executed: Path, target: Path, box: str) -> None:
-    """Copy an executed notebook to a docs page: the box under its title, stderr reduced by :func:`keep_stderr`.
+    """Copy an executed notebook to a docs page: the box, no injected parameters, stderr by :func:`keep_stderr`.
+
+    A stderr message repeated within a cell is kept once.
 
     Parameters
     ----------
@@ -92,13 +95,17 @@ def prepare_page(executed: Path, target: Path, box: str) -> None:
         Markdown of the box inserted after the first cell.
     """
     nb = nbformat.read(executed, as_version=4)
+    # papermill's cell of the run's own parameters (quick=True, a temporary results_dir): the box says how it ran
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     for cell in nb.cells:
-        outputs = []
+        outputs, shown = [], set()
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
                 out["text"] = keep_stderr(out["text"])
-                if not out["text"]:
+                # a cell that loops over cohorts logs the same message once per pass: the page shows it once
+                if not out["text"] or out["text"] in shown:
                     continue
+                shown.add(out["text"])
             outputs.append(out)
         if cell.cell_type == "code":
             cell.outputs = outputs

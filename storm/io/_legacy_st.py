@@ -169,12 +169,12 @@ def read_legacy_st(
     sel = selection.loc[keys]
 
     grid_cols = ["new_x", "new_y"] if {"new_x", "new_y"} <= set(selection.columns) else ["x", "y"]
-    px_per_um, rms = fit_pixels_per_micron(
+    fit = fit_pixels_per_micron(
         selection[grid_cols].to_numpy(float) * ST_PITCH_UM, selection[["pixel_x", "pixel_y"]].to_numpy(float)
     )
-    pitch_px = ST_PITCH_UM * px_per_um
-    check_fit(rms, pitch_px, library_id)
-    mpp = 1.0 / px_per_um
+    check_fit(fit, ST_PITCH_UM, library_id)  # a square grid: swapping its rows and columns is a mere reflection
+    pitch_px = ST_PITCH_UM * fit.px_per_um
+    mpp = 1.0 / fit.px_per_um
     entry = spatial_entry(
         platform="st",
         source=source or str(Path(counts)),

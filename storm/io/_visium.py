@@ -102,10 +102,9 @@ def visium_microns_per_pixel(positions: pd.DataFrame, *, library_id: str = "") -
     """
     grid = np.c_[positions["array_col"] * _COL_STEP_UM, positions["array_row"] * _ROW_STEP_UM]
     pixels = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(float)
-    px_per_um, rms = fit_pixels_per_micron(grid, pixels, what="Visium spots")
-    pitch_px = VISIUM_PITCH_UM * px_per_um
-    check_fit(rms, pitch_px, library_id)
-    return 1.0 / px_per_um, pitch_px
+    fit = fit_pixels_per_micron(grid, pixels, what="Visium spots")
+    check_fit(fit, VISIUM_PITCH_UM, library_id, hexagonal=True)
+    return 1.0 / fit.px_per_um, VISIUM_PITCH_UM * fit.px_per_um
 
 
 def build_visium(

@@ -1,7 +1,7 @@
 """Self-supervised adaptation of a pretrained model to the user's own slides (the role of Novae's ``fine_tune``).
 
 A model pretrained on spot data reads only the genes of a new panel that are on its gene list (e.g. 31 of the 155
-MERFISH genes for storm-mini). :meth:`storm.models.StormModel.adapt` appends the panel's other genes to the gene
+MERFISH genes for storm-mini). :func:`storm.train.adapt` appends the panel's other genes to the gene
 list, gives them fresh gene embeddings and continues training on the user's slides with the pretraining objective
 plus the reconstruction of each visible spot's own expression (``StormNetConfig.expr_self_loss_weight``), so that
 the new genes are read into the embedding. No labels are used.
@@ -43,7 +43,7 @@ def extend_genes(model: StormModel, genes: Sequence[str], *, self_loss_weight: f
     """Return a copy of ``model`` whose gene list has ``genes`` appended.
 
     Every inference weight is copied; the new genes get gene embeddings drawn like a fresh model's (they are
-    meaningless until :meth:`storm.models.StormModel.adapt` trains them). Decoders are new: the shipped models do
+    meaningless until :func:`storm.train.adapt` trains them). Decoders are new: the shipped models do
     not carry them.
 
     Parameters

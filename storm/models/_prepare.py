@@ -246,6 +246,22 @@ def _patch_source(
     return PatchSource(centres, float(scale["crop_px"]), array=to_rgb_uint8(entry["images"][name]), name=name)
 
 
+def _no_counts_error(adata: AnnData, layer: str | None, n_used: int, mode: str) -> ValueError:
+    """Return the error for counts all zero on the model's genes (whose embedding would be the same everywhere)."""
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    X = get_matrix(adata, layer)
+    anything = X.count_nonzero() if sparse.issparse(X) else np.count_nonzero(X)
+    if anything:
+        what = f"{where} has no count on any of the {n_used:,} genes the model reads"
+    else:
+        what = f"{where} is all zero"
+    other = " or use mode='image' where the slides have an H&E image" if mode == "auto" else ""
+    return ValueError(
+        f"{what}: there is no expression to embed. Pass the raw counts (e.g. `layer='counts'`, or restore "
+        f"`adata.X` from `adata.raw`){other}."
+    )
+
+
 def prepare_slides(
     adata: AnnData,
     config: StormModelConfig,
@@ -329,6 +345,8 @@ def prepare_slides(
             expr, measured = lognorm_on_panel(
                 adata, config.genes, target_sum=config.target_sum, layer=layer, ignore_case=True
             )
+            if expr.count_nonzero() == 0:
+                raise _no_counts_error(adata, layer, coverage["n_used"], mode)
         elif need_expr:
             where = "`adata.X` is empty" if layer is None else f"there is no `adata.layers[{layer!r}]`"
             raise ValueError(

@@ -87,7 +87,7 @@ class StormNetConfig:
         Weight of a third term: each *visible* spot's own expression decoded from its output token by a linear
         read-out (MSE on its measured genes). 0 (the paper's objective, storm-mini's) leaves it out. Masked
         reconstruction alone rewards tokens for what predicts the neighbours, which can wash out a cell's own
-        identity where cell types are intermixed; :meth:`storm.models.StormModel.adapt` turns it on so that a
+        identity where cell types are intermixed; :func:`storm.train.adapt` turns it on so that a
         panel's new genes are read into the embedding.
     """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -108,49 +109,154 @@ def _grid_um(array_rc: np.ndarray, platform: str) -> tuple[np.ndarray, float]:
     return np.column_stack([col * VISIUM_PITCH_UM / 2, row * VISIUM_PITCH_UM * np.sqrt(3) / 2]), VISIUM_PITCH_UM
 
 
+#: Accepted ratio of the spot pitch measured in ``obsm['spatial']`` to each of a slide's own full-resolution scale
+#: factors. The grid fit reproduces ``spot_pitch_fullres`` (and 100 µm / ``microns_per_pixel``) to < 1 % on the
+#: readers' slides. Space Ranger's ``spot_diameter_fullres`` is a "theoretical 65 µm spot" (pitch / diameter = 1.54
+#: on the squidpy crop), 55 µm in early versions (1.82) and 96.4 px for a 137 px pitch on DLPFC (1.42), hence its
+#: wider band. A hires image is 0.05–0.6× full resolution and a lowres one 0.02–0.2×: both fall outside.
+PITCH_RATIO = (0.8, 1.25)
+DIAMETER_PITCH_RATIO = (1.15, 2.05)
+
+
+def _positive(value: object) -> bool:
+    try:
+        return bool(np.isfinite(float(value)) and float(value) > 0)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_pixel_units(
+    pitch_px: float, scalefactors: dict, library_id: str, *, platform: str, pitch_um: float, nearest_neighbour: bool
+) -> None:
+    """Refuse ``obsm['spatial']`` whose spot pitch contradicts the slide's own full-resolution scale factors.
+
+    ``pitch_px``, the spot pitch measured in ``obsm['spatial']``, is compared with ``spot_pitch_fullres``, with
+    ``pitch_um / microns_per_pixel`` (both within :data:`PITCH_RATIO`) and, on Visium, with ``spot_diameter_fullres``
+    (within :data:`DIAMETER_PITCH_RATIO`). A mismatch matching ``tissue_hires_scalef`` or ``tissue_lowres_scalef`` is
+    named: coordinates taken from a scaled image. ``nearest_neighbour``: the pitch is the median nearest-neighbour
+    distance (no array grid to fit), which a subset of the spots lengthens and positions off a grid can make
+    anything: only a pitch too short by one of those two factors is refused then.
+
+    Raises
+    ------
+    ValueError
+        On the first scale factor that disagrees.
+    """
+    references = []  # (what, pitch in px it implies at ratio 1, accepted ratios)
+    if _positive(scalefactors.get("spot_pitch_fullres")):
+        references.append(("spot_pitch_fullres", float(scalefactors["spot_pitch_fullres"]), PITCH_RATIO))
+    if _positive(scalefactors.get("microns_per_pixel")):
+        mpp = float(scalefactors["microns_per_pixel"])
+        references.append((f"microns_per_pixel ({mpp:.4g}: {pitch_um:g} µm)", pitch_um / mpp, PITCH_RATIO))
+    if platform == "visium" and _positive(scalefactors.get("spot_diameter_fullres")):
+        # centre the band on 1.54 (a 65 µm spot on a 100 µm pitch) so that the factor found below is the image's
+        typical = VISIUM_PITCH_UM / SPACERANGER_SPOT_UM
+        diameter = float(scalefactors["spot_diameter_fullres"])
+        band = tuple(r / typical for r in DIAMETER_PITCH_RATIO)
+        references.append((f"spot_diameter_fullres ({diameter:.1f} px × {typical:.2f})", diameter * typical, band))
+    where = f"uns['spatial'][{library_id!r}]['scalefactors']"
+    for what, want_px, (low, high) in references:
+        ratio = pitch_px / want_px
+        if ratio >= low and (nearest_neighbour or ratio <= high):
+            continue
+        scaled = {
+            key: float(scalefactors[key])
+            for key in ("tissue_hires_scalef", "tissue_lowres_scalef")
+            if _positive(scalefactors.get(key)) and abs(np.log(ratio / float(scalefactors[key]))) < np.log(1.15)
+        }
+        if nearest_neighbour and not scaled:
+            continue
+        if scaled:
+            key, factor = min(scaled.items(), key=lambda kv: abs(np.log(ratio / kv[1])))
+            cause = (
+                f"the ratio {ratio:.3f} matches {key} = {factor:.4g}: obsm['spatial'] holds pixels of the "
+                f"{key.split('_')[1]} image, not of the full-resolution one. Divide it by that factor "
+                f"(`adata.obsm['spatial'] = adata.obsm['spatial'] / {factor:.6g}`)"
+            )
+        else:
+            cause = (
+                f"a ratio of {ratio:.3f}, which no scale factor of the slide explains: obsm['spatial'] must be "
+                f"full-resolution pixels. Rescale it, or correct {where}"
+            )
+        raise ValueError(
+            f"The spot pitch in obsm['spatial'] of slide {library_id!r} is {pitch_px:.1f} px, but {where} say "
+            f"{want_px:.1f} px ({what}): {cause}. Nothing was changed."
+        )
+
+
+def _nearest_neighbour_pitch(xy: np.ndarray) -> float | None:
+    """Median distance from each spot to its nearest neighbour (pixels), or None for fewer than 2 distinct spots."""
+    from scipy.spatial import cKDTree
+
+    xy = xy[np.isfinite(xy).all(1)]
+    if len(xy) < 2:
+        return None
+    distance, _ = cKDTree(xy).query(xy, k=2)
+    pitch = float(np.median(distance[:, 1]))
+    return pitch if pitch > 0 else None
+
+
 def slide_scale(adata: AnnData, library_id: str, rows: np.ndarray, xy: np.ndarray | None = None) -> SlideScale:
     """Return µm per full-resolution pixel of a slide.
 
     Order: ``scalefactors['microns_per_pixel']``; on Visium and legacy ST a least-squares fit of ``obsm['spatial']``
     against the spots' grid positions ``obs['array_row'/'array_col']`` (``rows``: the obs rows of that slide) on the
     100 µm / 200 µm pitch; on Visium without array coordinates ``65 / spot_diameter_fullres`` (approximate; logged).
+    On those grid platforms the spot pitch of ``obsm['spatial']`` (from the fit, else nearest neighbours) is checked
+    against the slide's own scale factors (:func:`check_pixel_units`), and swapped ``array_row``/``array_col`` of a
+    Visium grid are refused (:func:`storm.io._spatial.check_fit`), whether or not ``microns_per_pixel`` is given.
 
     Raises
     ------
     ValueError
-        If none of these applies (no scale).
+        If none of these applies (no scale), or ``obsm['spatial']`` is not in full-resolution pixels of the slide, or
+        its Visium grid columns are swapped.
     """
     entry = _slide_entry(adata, library_id)
     sf = entry.get("scalefactors") or {}
     where = f"`uns['spatial'][{library_id!r}]['scalefactors']`"
-    if sf.get("microns_per_pixel") is not None:
-        mpp = sf["microns_per_pixel"]
+    given = sf.get("microns_per_pixel")
+    if given is not None:
         try:
-            check_positive(float(mpp), "microns_per_pixel")
+            check_positive(float(given), "microns_per_pixel")
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}['microns_per_pixel'] = {mpp!r} is not a positive number.") from err
-        return SlideScale(float(mpp), "microns_per_pixel")
+            raise ValueError(f"{where}['microns_per_pixel'] = {given!r} is not a positive number.") from err
     platform = slide_platform(adata, library_id)
-    fit_error = ""
-    if platform in GRID_PLATFORMS and {"array_row", "array_col"} <= set(adata.obs.columns):
-        if xy is None:
-            xy = check_spatial(adata)
-        grid, pitch = _grid_um(adata.obs[["array_row", "array_col"]].to_numpy(dtype=np.float64)[rows], platform)
+    if platform not in GRID_PLATFORMS:
+        if given is not None:
+            return SlideScale(float(given), "microns_per_pixel")
+        _no_scale(library_id, platform, where, "")
+    if xy is None:
+        xy = check_spatial(adata)
+    pitch_um = VISIUM_PITCH_UM if platform == "visium" else ST_PITCH_UM
+    fit, fit_error = None, ""
+    if {"array_row", "array_col"} <= set(adata.obs.columns):
+        grid, _ = _grid_um(adata.obs[["array_row", "array_col"]].to_numpy(dtype=np.float64)[rows], platform)
         try:
-            px_per_um, rms = fit_pixels_per_micron(grid, xy[rows], what=f"spots of slide {library_id!r}")
+            fit = fit_pixels_per_micron(grid, xy[rows], what=f"spots of slide {library_id!r}")
         except ValueError as err:
             fit_error = f" ({err})"
         else:
-            check_fit(rms, pitch * px_per_um, library_id)
-            return SlideScale(1.0 / px_per_um, f"{platform}_pitch_fit")
+            check_fit(fit, pitch_um, library_id, hexagonal=platform == "visium")
+    pitch_px = pitch_um * fit.px_per_um if fit is not None else _nearest_neighbour_pitch(xy[rows])
+    if pitch_px is not None:
+        check_pixel_units(pitch_px, sf, library_id, platform=platform, pitch_um=pitch_um, nearest_neighbour=fit is None)
+    if given is not None:
+        return SlideScale(float(given), "microns_per_pixel")
+    if fit is not None:
+        return SlideScale(1.0 / fit.px_per_um, f"{platform}_pitch_fit")
     diameter = sf.get("spot_diameter_fullres")
-    if platform == "visium" and diameter is not None and np.isfinite(diameter) and diameter > 0:
+    if platform == "visium" and _positive(diameter):
         logger.warning(
             f"Slide {library_id!r}: no `microns_per_pixel` and no spot grid to fit; using {SPACERANGER_SPOT_UM:g} µm / "
             "spot_diameter_fullres, which is only approximate (10x's 'theoretical spot'). Add obs['array_row'/"
             "'array_col'] or set `microns_per_pixel`."
         )
         return SlideScale(SPACERANGER_SPOT_UM / float(diameter), "spot_diameter_fullres")
+    _no_scale(library_id, platform, where, fit_error)
+
+
+def _no_scale(library_id: str, platform: str | None, where: str, fit_error: str) -> NoReturn:
     hint = {
         "st": "add obs['array_row'/'array_col'] (the spot grid) to fit the 200 µm pitch, or set it",
         "visium": "add obs['array_row'/'array_col'] (the spot grid) to fit the 100 µm pitch, or set it",

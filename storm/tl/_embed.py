@@ -10,6 +10,7 @@ import numpy as np
 from anndata import AnnData
 
 from storm._logging import logger
+from storm.models._coverage import WARN_GENE_COVERAGE
 from storm.models._modes import Mode, auto_mode, resolve_mode
 from storm.tl._spatialdata import is_spatialdata, run_on_table
 from storm.tl._utils import as_adata_list, clean_params, elapsed, save_data, start_timer
@@ -55,6 +56,17 @@ def _reading_the_panel(model: Any, adatas: list[AnnData], n_genes: int | None) -
     return extended, appended
 
 
+def _coverage_threshold(accepted: Any, min_gene_coverage: float | None, model_name: str) -> float | None:
+    """Return the ``min_gene_coverage`` to pass to ``model.embed``: the one given, else the model's default."""
+    if "min_gene_coverage" not in accepted:
+        if min_gene_coverage is not None:
+            raise ValueError(f"Model {model_name!r} takes no `min_gene_coverage`; leave it at None.")
+        return None
+    default = accepted["min_gene_coverage"].default
+    value = default if min_gene_coverage is None else min_gene_coverage
+    return None if value is inspect.Parameter.empty else float(value)
+
+
 def embed(
     adata: AnnData | Sequence[AnnData],
     model: _Embedder | None = None,
@@ -67,6 +79,7 @@ def embed(
     context: bool = True,
     panel: Literal["model", "data"] = "model",
     n_panel_genes: int | None = 3000,
+    min_gene_coverage: float | None = None,
     table_key: str | None = None,
     image_key: str | None = None,
     copy: bool = False,
@@ -90,7 +103,7 @@ def embed(
         A :class:`storm.models.StormModel`, or any object with ``embed(adata, mode=, batch_size=, accelerator=,
         library_key=) -> ndarray`` and ``name`` / ``version`` attributes. ``None`` loads the model shipped with
         storm (:meth:`storm.models.StormModel.from_pretrained`). Zero-shot, a model reads only the genes on its
-        list (``uns[key_added]['params']['gene_coverage']``); :meth:`storm.models.StormModel.adapt` returns a copy
+        list (``uns[key_added]['params']['gene_coverage']``); :func:`storm.train.adapt` returns a copy
         adapted to your slides, self-supervised, that reads your whole panel.
     mode
         ``"joint"`` (H&E + expression), ``"image"`` (H&E only), ``"expression"`` (expression only), or ``"auto"``:
@@ -117,6 +130,10 @@ def embed(
     n_panel_genes
         With ``panel="data"``: at most this many genes appended, the most variable first (Seurat dispersion);
         ``None``: every gene of the data.
+    min_gene_coverage
+        Where expression is read, refuse data holding less than this share of the model's genes (``None``: the
+        model's default, 1 % for :class:`storm.models.StormModel`, whose ``embed`` also warns below 10 %; 0: never
+        refuse). See :data:`storm.models._coverage.MIN_GENE_COVERAGE` for how these were chosen.
     table_key, image_key
         SpatialData only: which table and image element (default: the only one).
     copy
@@ -132,15 +149,19 @@ def embed(
       the spot's window: its neighbourhood, which :func:`storm.tl.domains` clusters (models whose ``embed`` has
       no ``niche`` option write none);
     - ``uns[key_added]['params']``: ``mode`` (resolved), ``model``, ``version``, ``batch_size``, ``library_key``,
-      ``context``, and, where expression is read by a model that reports it, ``gene_coverage``: a dict of
-      ``n_genes`` (the data's), ``n_model_genes``, ``n_used`` (genes the model reads; the others are ignored),
-      ``n_matched_ignoring_case``, ``fraction_used`` and ``fraction_of_model``; ``panel`` and
-      ``n_genes_appended`` (genes of the data appended to the model's list with ``panel="data"``, else 0).
+      ``context``, ``min_gene_coverage`` (the threshold applied, ``None`` for a model without one) and
+      ``warn_gene_coverage`` (below it ``StormModel.embed`` warns), and, where expression is read by a model that
+      reports it, ``gene_coverage``: a dict of ``n_genes`` (the data's), ``n_model_genes``, ``n_used`` (genes the
+      model reads; the others are ignored), ``n_matched_ignoring_case``, ``fraction_used`` and
+      ``fraction_of_model`` (the coverage compared with the thresholds); ``panel`` and ``n_genes_appended``
+      (genes of the data appended to the model's list with ``panel="data"``, else 0).
 
     Raises
     ------
     ValueError
-        Unknown mode, or the inputs a mode needs are missing (no counts, no image for a slide). Nothing is written.
+        Unknown mode, or the inputs a mode needs are missing (no counts, no image for a slide), counts all zero,
+        too few of the model's genes (``min_gene_coverage``), or a ``min_gene_coverage`` the model does not take.
+        Nothing is written.
     RuntimeError
         The model returned an array of the wrong shape or with non-finite values. Nothing is written.
 
@@ -169,6 +190,7 @@ def embed(
             context=context,
             panel=panel,
             n_panel_genes=n_panel_genes,
+            min_gene_coverage=min_gene_coverage,
         )
     start = start_timer()
     adatas, is_list = as_adata_list(adata)
@@ -202,9 +224,13 @@ def embed(
         )
 
     extra: dict[str, Any] = {} if context else {"context": False}  # duck-typed models without it keep working
-    with_niche = "niche" in inspect.signature(model.embed).parameters
+    accepted = inspect.signature(model.embed).parameters
+    with_niche = "niche" in accepted
     if with_niche:
         extra["niche"] = True
+    threshold = _coverage_threshold(accepted, min_gene_coverage, name)
+    if threshold is not None:
+        extra["min_gene_coverage"] = threshold
     embeddings, niches, coverages = [], [], []
     for a, resolved in zip(adatas, modes, strict=True):
         emb = model.embed(
@@ -229,6 +255,8 @@ def embed(
             "batch_size": int(batch_size),
             "library_key": library_key if library_key in a.obs else None,
             "context": bool(context),
+            "min_gene_coverage": threshold,
+            "warn_gene_coverage": WARN_GENE_COVERAGE if threshold is not None else None,
             "gene_coverage": coverage,
             "panel": panel,
             "n_genes_appended": len(appended),
