@@ -90,3 +90,39 @@ def test_adapt_bad_input(model, merfish):
         storm.train.adapt(model, merfish[:20].copy(), batch_size=64)
     with pytest.raises(TypeError, match="AnnData"):
         storm.train.adapt(model, [])
+
+
+def test_embed_reads_the_whole_panel_zero_shot_without_touching_the_model(model, merfish):
+    before = {k: v.clone() for k, v in model.module.inference_state_dict().items()}
+    genes_before = list(model.genes)
+    known = storm.tl.embed(merfish, model, mode="expression", copy=True)
+    whole = storm.tl.embed(merfish, model, mode="expression", panel="data", n_panel_genes=50, copy=True)
+    again = storm.tl.embed(merfish, model, mode="expression", panel="data", n_panel_genes=50, copy=True)
+    params = whole.uns["X_storm"]["params"]
+    assert params["panel"] == "data" and params["n_genes_appended"] == 50
+    assert params["gene_coverage"]["n_used"] == known.uns["X_storm"]["params"]["gene_coverage"]["n_used"] + 50
+    assert known.uns["X_storm"]["params"]["n_genes_appended"] == 0
+    assert not np.allclose(whole.obsm["X_storm"], known.obsm["X_storm"])
+    np.testing.assert_array_equal(whole.obsm["X_storm"], again.obsm["X_storm"])  # deterministic
+    assert model.genes == genes_before
+    for k, v in model.module.inference_state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_read_panel_points_new_genes_along_their_co_expression(model, merfish):
+    from storm.models import read_panel
+
+    extended, added = read_panel(model, [merfish], n_top_genes=None)
+    assert added and extended.genes == model.genes + added
+    assert len(added) == merfish.n_vars - model.gene_coverage(merfish)["n_used"]
+    emb = extended.module.expression_encoder.gene_embedding.detach()
+    assert torch.isfinite(emb).all() and (emb[len(model.genes) :].norm(dim=1) > 0).all()
+
+
+def test_embed_panel_bad_values_leave_adata_unchanged(model, merfish):
+    adata = merfish.copy()
+    with pytest.raises(ValueError, match="`panel` must be"):
+        storm.tl.embed(adata, model, panel="everything")
+    with pytest.raises(ValueError, match="`n_panel_genes`"):
+        storm.tl.embed(adata, model, panel="data", n_panel_genes=0)
+    assert "X_storm" not in adata.obsm and "X_storm" not in adata.uns

@@ -65,6 +65,8 @@ def test_embed_writes_obsm_and_params():
         "batch_size": 16,
         "library_key": "library_id",
         "context": True,
+        "panel": "model",
+        "n_genes_appended": 0,
     }
     assert model.calls == [{"n_obs": 30, "mode": "joint", "batch_size": 16, "accelerator": "cpu"}]
 

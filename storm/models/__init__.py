@@ -1,6 +1,6 @@
 """The user-facing STORM model: set up from AnnData, embed, save/load (safetensors), from_pretrained."""
 
-from ._adapt import extend_genes
+from ._adapt import extend_genes, read_panel
 from ._checkpoint import EMBEDDED_MODELS
 from ._config import StormModelConfig
 from ._model import StormModel, resolve_device
@@ -15,6 +15,7 @@ __all__ = [
     "match_genes",
     "panel_coverage",
     "prepare_slides",
+    "read_panel",
     "resolve_device",
     "select_genes",
 ]

@@ -23,7 +23,7 @@ from storm.models._prepare import lognorm_on_panel, match_genes
 if TYPE_CHECKING:
     from storm.models._model import StormModel
 
-__all__ = ["extend_genes", "genes_to_add", "init_from_coexpression"]
+__all__ = ["extend_genes", "genes_to_add", "init_from_coexpression", "read_panel"]
 
 _GENE_EMBEDDING = "expression_encoder.gene_embedding"
 
@@ -149,3 +149,65 @@ def init_from_coexpression(
             direction = corr[position[g]] @ unit
             if np.linalg.norm(direction) > 1e-8:
                 encoder.gene_embedding[g] = torch.as_tensor(direction, dtype=encoder.gene_embedding.dtype)
+
+
+def most_variable_genes(adatas: Sequence[AnnData], genes: Sequence[str], n_top_genes: int | None, *, layer=None):
+    """Pick the ``n_top_genes`` of ``genes`` most variable in the data (Seurat dispersion of log-normalised counts).
+
+    ``None`` (or at least as many as there are): all of ``genes``, in their order.
+    """
+    genes = list(genes)
+    if n_top_genes is None or n_top_genes >= len(genes) or not genes:
+        return genes
+    import scanpy as sc
+
+    blocks = [lognorm_on_panel(a, genes, layer=layer, ignore_case=True)[0] for a in adatas]
+    lognorm = AnnData(sparse.vstack(blocks, format="csr"))
+    lognorm.var_names = genes
+    table = sc.pp.highly_variable_genes(lognorm, n_top_genes=n_top_genes, flavor="seurat", inplace=False)
+    order = np.argsort(-np.nan_to_num(table["dispersions_norm"].to_numpy(), nan=-np.inf), kind="stable")
+    keep = set(order[:n_top_genes].tolist())
+    return [g for i, g in enumerate(genes) if i in keep]
+
+
+def read_panel(
+    model: StormModel,
+    adatas: Sequence[AnnData],
+    *,
+    n_top_genes: int | None = 3000,
+    layer: str | None = None,
+    random_state: int = 0,
+) -> tuple[StormModel, list[str]]:
+    """Return a copy of ``model`` that also reads the data's genes it does not know, zero-shot (no training).
+
+    The data's genes missing from the model's list (at most the ``n_top_genes`` most variable of them) are
+    appended (:func:`extend_genes`) and their embeddings set from their co-expression with the known genes
+    (:func:`init_from_coexpression`): a new gene points where the genes it co-varies with point, so it adds
+    its measurement to the directions the model already reads instead of being thrown away.
+    :func:`storm.tl.embed` does this with ``panel="data"``.
+
+    Parameters
+    ----------
+    model
+        A model with the panel-agnostic expression encoder. Not modified.
+    adatas
+        The data (raw counts) whose genes are read. Not modified.
+    n_top_genes
+        At most this many genes appended, the most variable first; ``None``: every gene the model does not know.
+    layer
+        Read counts from this layer instead of ``.X``.
+    random_state
+        Seed of the spot sample for the correlations and of the embeddings of genes that co-vary with none.
+
+    Returns
+    -------
+    tuple
+        The new model (``model`` is not modified) and the genes appended, in order.
+    """
+    added = most_variable_genes(adatas, genes_to_add(adatas, model.genes), n_top_genes, layer=layer)
+    if not added:
+        return model, []
+    torch.manual_seed(random_state)  # the fresh embeddings of genes whose co-expression gives no direction
+    extended = extend_genes(model, added)
+    init_from_coexpression(extended, adatas, added, layer=layer, random_state=random_state)
+    return extended, added

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from anndata import AnnData
@@ -37,6 +37,25 @@ def _check_embedding(emb: Any, adata: AnnData, model_name: str) -> np.ndarray:
     return emb.astype(np.float32, copy=False)
 
 
+def _reading_the_panel(model: Any, adatas: list[AnnData], n_genes: int | None) -> tuple[Any, list[str]]:
+    """``panel="data"``: a copy of ``model`` that also reads the data's other genes (see :func:`embed`)."""
+    from storm.models import StormModel, read_panel
+
+    if not isinstance(model, StormModel):
+        raise ValueError(f"`panel='data'` needs a storm.models.StormModel, got {type(model).__name__}.")
+    if model.config.net.expression_encoder != "gene_embedding":
+        raise ValueError(
+            "`panel='data'` needs a model with the panel-agnostic expression encoder "
+            f"(net.expression_encoder='gene_embedding'); this one has {model.config.net.expression_encoder!r}. "
+            "Use panel='model'."
+        )
+    extended, appended = read_panel(model, adatas, n_top_genes=n_genes)
+    logger.info(
+        f"embed: {len(appended)} gene(s) of the data appended to the model's {len(model.genes):,} (panel='data')"
+    )
+    return extended, appended
+
+
 def _coverage_threshold(accepted: Any, min_gene_coverage: float | None, model_name: str) -> float | None:
     """Return the ``min_gene_coverage`` to pass to ``model.embed``: the one given, else the model's default."""
     if "min_gene_coverage" not in accepted:
@@ -58,6 +77,8 @@ def embed(
     accelerator: str = "auto",
     library_key: str = "library_id",
     context: bool = True,
+    panel: Literal["model", "data"] = "model",
+    n_panel_genes: int | None = 3000,
     min_gene_coverage: float | None = None,
     table_key: str | None = None,
     image_key: str | None = None,
@@ -99,6 +120,16 @@ def embed(
     context
         ``False``: each spot's window holds only the spot itself (the paper's "no spatial context" ablation, same
         weights); passed to ``model.embed`` only then.
+    panel
+        Which genes are read. ``"model"``: those on the model's gene list (the others are ignored; see
+        ``gene_coverage`` below). ``"data"``: the data's other genes too, zero-shot: the ``n_panel_genes`` most
+        variable of them are appended to a copy of the model (:func:`storm.models.read_panel`), each with the gene
+        embedding its co-expression with the known genes points to, so no measured gene is thrown away (``model``
+        itself is not modified; a list of AnnData gets one copy, so their embeddings still share one space). Needs
+        a :class:`storm.models.StormModel` with the gene-embedding expression encoder.
+    n_panel_genes
+        With ``panel="data"``: at most this many genes appended, the most variable first (Seurat dispersion);
+        ``None``: every gene of the data.
     min_gene_coverage
         Where expression is read, refuse data holding less than this share of the model's genes (``None``: the
         model's default, 1 % for :class:`storm.models.StormModel`, whose ``embed`` also warns below 10 %; 0: never
@@ -122,7 +153,8 @@ def embed(
       ``warn_gene_coverage`` (below it ``StormModel.embed`` warns), and, where expression is read by a model that
       reports it, ``gene_coverage``: a dict of ``n_genes`` (the data's), ``n_model_genes``, ``n_used`` (genes the
       model reads; the others are ignored), ``n_matched_ignoring_case``, ``fraction_used`` and
-      ``fraction_of_model`` (the coverage compared with the thresholds).
+      ``fraction_of_model`` (the coverage compared with the thresholds); ``panel`` and ``n_genes_appended``
+      (genes of the data appended to the model's list with ``panel="data"``, else 0).
 
     Raises
     ------
@@ -156,6 +188,8 @@ def embed(
             accelerator=accelerator,
             library_key=library_key,
             context=context,
+            panel=panel,
+            n_panel_genes=n_panel_genes,
             min_gene_coverage=min_gene_coverage,
         )
     start = start_timer()
@@ -164,6 +198,10 @@ def embed(
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"`key_added` must be a non-empty string, got {key_added!r}.")
+    if panel not in ("model", "data"):
+        raise ValueError(f"`panel` must be 'model' or 'data', got {panel!r}.")
+    if n_panel_genes is not None and (isinstance(n_panel_genes, bool) or int(n_panel_genes) < 1):
+        raise ValueError(f"`n_panel_genes` must be a positive integer or None, got {n_panel_genes!r}.")
     # resolve every mode before loading the model or embedding anything: a bad list element fails fast, untouched
     modes = [resolve_mode(a, mode, library_key=library_key) for a in adatas]
 
@@ -179,6 +217,11 @@ def embed(
 
     if mode == "auto":
         modes = [auto_mode(a, model, library_key=library_key) for a in adatas]
+    appended: list[str] = []
+    if panel == "data" and any(m != "image" for m in modes):
+        model, appended = _reading_the_panel(
+            model, [a for a, m in zip(adatas, modes, strict=True) if m != "image"], n_panel_genes
+        )
 
     extra: dict[str, Any] = {} if context else {"context": False}  # duck-typed models without it keep working
     accepted = inspect.signature(model.embed).parameters
@@ -215,6 +258,8 @@ def embed(
             "min_gene_coverage": threshold,
             "warn_gene_coverage": WARN_GENE_COVERAGE if threshold is not None else None,
             "gene_coverage": coverage,
+            "panel": panel,
+            "n_genes_appended": len(appended),
         }
         save_data(a, attr="uns", key=key_added, data={"params": clean_params(params)})
     dims = embeddings[0].shape[1]
