@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import _folds  # noqa: E402
-
+import _folds
 
 
 def test_every_fold_leaves_out_the_patients_it_scores():

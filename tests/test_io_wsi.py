@@ -259,7 +259,9 @@ def tiny(c6):
     from storm.models import StormModel
 
     model = StormModel.setup(c6, n_top_genes=50, net=TINY_NET, random_state=0)
-    head = storm.tl.train_expression_head(c6, n_top_genes=10, model=model, epochs=1, val_groups=(), progress=False)
+    head = storm.tl.train_expression_head(
+        c6, n_top_genes=10, model=model, head_type="frozen", epochs=1, val_groups=(), progress=False
+    )
     return model, head
 
 

@@ -99,7 +99,8 @@ def test_embed_reads_the_whole_panel_zero_shot_without_touching_the_model(model,
     whole = storm.tl.embed(merfish, model, mode="expression", panel="data", n_panel_genes=50, copy=True)
     again = storm.tl.embed(merfish, model, mode="expression", panel="data", n_panel_genes=50, copy=True)
     params = whole.uns["X_storm"]["params"]
-    assert params["panel"] == "data" and params["n_genes_appended"] == 50
+    assert params["panel"] == "data"
+    assert params["n_genes_appended"] == 50
     assert params["gene_coverage"]["n_used"] == known.uns["X_storm"]["params"]["gene_coverage"]["n_used"] + 50
     assert known.uns["X_storm"]["params"]["n_genes_appended"] == 0
     assert not np.allclose(whole.obsm["X_storm"], known.obsm["X_storm"])
@@ -113,10 +114,12 @@ def test_read_panel_points_new_genes_along_their_co_expression(model, merfish):
     from storm.models import read_panel
 
     extended, added = read_panel(model, [merfish], n_top_genes=None)
-    assert added and extended.genes == model.genes + added
+    assert added
+    assert extended.genes == model.genes + added
     assert len(added) == merfish.n_vars - model.gene_coverage(merfish)["n_used"]
     emb = extended.module.expression_encoder.gene_embedding.detach()
-    assert torch.isfinite(emb).all() and (emb[len(model.genes) :].norm(dim=1) > 0).all()
+    assert torch.isfinite(emb).all()
+    assert (emb[len(model.genes) :].norm(dim=1) > 0).all()
 
 
 def test_embed_panel_bad_values_leave_adata_unchanged(model, merfish):
@@ -125,4 +128,5 @@ def test_embed_panel_bad_values_leave_adata_unchanged(model, merfish):
         storm.tl.embed(adata, model, panel="everything")
     with pytest.raises(ValueError, match="`n_panel_genes`"):
         storm.tl.embed(adata, model, panel="data", n_panel_genes=0)
-    assert "X_storm" not in adata.obsm and "X_storm" not in adata.uns
+    assert "X_storm" not in adata.obsm
+    assert "X_storm" not in adata.uns

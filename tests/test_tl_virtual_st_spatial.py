@@ -93,10 +93,16 @@ def test_predict_save_load_and_virtual_st_unchanged_for_the_user(head, adata, mo
     with pytest.raises(ValueError, match="genes"):
         SavedHead.load(folder, genes=head.genes[::-1])
 
-    tiles = storm.tl.virtual_st(adata, loaded, library_id="top", tile_um=100, progress=False)
+    tiles = storm.tl.virtual_st(adata, loaded, library_id="top", tile_um=100, embedding_key="X_head", progress=False)
     assert tiles.n_obs > 0
     assert list(tiles.var_names) == head.genes
     assert np.isfinite(tiles.X).all()
+    # the kept embedding is what the readout reads: the readout of it gives the predictions back
+    emb = tiles.obsm["X_head"]
+    assert emb.shape == (tiles.n_obs, loaded.arch["dim"])
+    assert float(emb.std(0).mean()) > 0
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.out(torch.from_numpy(emb)).numpy(), tiles.X, rtol=1e-4, atol=1e-5)
 
 
 def test_spatial_head_bad_input(adata, model):

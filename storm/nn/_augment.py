@@ -59,7 +59,27 @@ def hed_jitter(
 def augment_patches(
     patches: torch.Tensor, *, sigma: float = 0.05, bias: float = 0.05, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """HED jitter (:func:`hed_jitter`) and one of the 8 rotations/flips per patch: an augmented copy, uint8."""
+    """HED jitter (:func:`hed_jitter`), then one of the 8 rotations/flips of the square per patch.
+
+    Tissue has no up or down, so the dihedral group is a free eightfold augmentation; the stain jitter covers
+    other labs' and scanners' colours.
+
+    Parameters
+    ----------
+    patches
+        ``(N, 3, H, W)`` uint8 RGB with ``H == W``.
+    sigma
+        Half-width of the multiplicative factor per stain (see :func:`hed_jitter`).
+    bias
+        Half-width of the additive shift per stain (OD units).
+    generator
+        Random generator (the jitter, the rotation and the flip all draw from it).
+
+    Returns
+    -------
+    torch.Tensor
+        An augmented copy, uint8, the shape of ``patches``.
+    """
     out = hed_jitter(patches, sigma=sigma, bias=bias, generator=generator)
     k = torch.randint(4, (out.shape[0],), generator=generator)
     flip = torch.rand(out.shape[0], generator=generator) < 0.5

@@ -7,7 +7,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -50,6 +50,13 @@ class SavedHead(nn.Module):
 
     kind: str = ""
     arch: dict[str, Any]
+    #: Every head class by its ``kind``, filled as subclasses are defined, so :meth:`load` needs no import of them.
+    kinds: ClassVar[dict[str, type[SavedHead]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            SavedHead.kinds[cls.kind] = cls
 
     def _init_record(self) -> None:
         self.genes: list[str] | None = None
@@ -187,7 +194,7 @@ class SavedHead(nn.Module):
                 )
         arch = dict(body["arch"])
         kind = arch.pop("kind", ExpressionHead.kind)
-        kinds = _head_kinds()
+        kinds = SavedHead.kinds
         if kind not in kinds:
             raise ValueError(
                 f"{cfg_path}: unknown head kind {kind!r} (this storm knows {sorted(kinds)}); upgrade storm."
@@ -209,12 +216,6 @@ class SavedHead(nn.Module):
         head.training_info = dict(body.get("training") or {})
         head.eval()
         return head
-
-
-def _head_kinds() -> dict[str, type[SavedHead]]:
-    from ._spatial_head import SpatialExpressionHead
-
-    return {ExpressionHead.kind: ExpressionHead, SpatialExpressionHead.kind: SpatialExpressionHead}
 
 
 class ExpressionHead(SavedHead):

@@ -229,14 +229,17 @@ class SpatialExpressionHead(SavedHead):
 
     def windows_projected(self, projected: torch.Tensor, index: torch.Tensor, offsets_um: torch.Tensor) -> torch.Tensor:
         """:meth:`windows` over tokens already through :attr:`proj` (project a whole slide's once, then batch)."""
+        return self.out(self.window_embedding(projected, index, offsets_um))
+
+    def window_embedding(self, projected: torch.Tensor, index: torch.Tensor, offsets_um: torch.Tensor) -> torch.Tensor:
+        """Return the spatial transformer's centre token ``(B, dim)`` of each window: what the gene readout reads."""
         w = min(index.shape[1], self.arch["window_size"])
         index, offsets_um = index[:, :w], offsets_um[:, :w]
         valid = index >= 0
         feats = projected[index.clamp_min(0)]
         zero = torch.zeros((), dtype=offsets_um.dtype, device=offsets_um.device)
         offsets = torch.where(valid.unsqueeze(-1), offsets_um, zero)
-        centre = self.spatial.encode_centre({"image": feats}, offsets, {"image": valid})
-        return self.out(centre)
+        return self.spatial.encode_centre({"image": feats}, offsets, {"image": valid})
 
     def forward(self, bottoms: torch.Tensor, index: torch.Tensor, offsets_um: torch.Tensor) -> torch.Tensor:
         """Predictions ``(B, n_genes)`` of windows whose spots' bottom maps are ``bottoms`` (see :meth:`windows`)."""

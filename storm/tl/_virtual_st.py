@@ -329,8 +329,9 @@ def virtual_st(
     band_tiles
         Tile rows read and encoded per band (memory: one band of the image, ``band_tiles · tile`` pixels high).
     embedding_key
-        Also keep each tile's STORM embedding (H&E mode: the centre token of its window of tiles, the features the
-        head reads) in ``obsm[embedding_key]``; ``None``: do not keep it.
+        Also keep each tile's embedding, the features the head's gene readout reads, in ``obsm[embedding_key]``: the
+        centre token of its window of tiles (the STORM model in H&E mode for a ``"frozen"`` head; the head's own
+        spatial transformer for a ``"spatial"`` one). ``None``: do not keep it.
     table_key, image_key
         SpatialData only: which table (for the scale) and image element (default: the only one).
     key_added
@@ -539,22 +540,23 @@ def virtual_st(
                 off = np.stack([(nc - cc[sl, None]) * pitch * mpp, (nr - rr[sl, None]) * pitch * mpp], axis=-1)
                 off = np.where(valid[..., None], off, 0.0).astype(np.float32)
                 valid_t = torch.from_numpy(valid).to(device)
+                tokens = None
                 if spatial:
                     index_t, off_t = torch.from_numpy(index), torch.from_numpy(off)
-                    pred[sl] = head.windows_projected(projected, index_t, off_t).numpy()
-                    continue
-                img = torch.from_numpy(feat[np.maximum(index, 0)]).to(device) * valid_t.unsqueeze(-1)
-                batch = {BatchKeys.OFFSETS: torch.from_numpy(off).to(device), BatchKeys.POS_MASK: valid_t}
-                batch[BatchKeys.IMAGE] = img
-                tokens = None
-                if "storm" in names or embedding_key:
-                    tokens = module.embed(batch, use_image=True, use_expression=False).float().cpu()
+                    tokens = head.window_embedding(projected, index_t, off_t)
+                    pred[sl] = head.out(tokens).numpy()
+                else:
+                    img = torch.from_numpy(feat[np.maximum(index, 0)]).to(device) * valid_t.unsqueeze(-1)
+                    batch = {BatchKeys.OFFSETS: torch.from_numpy(off).to(device), BatchKeys.POS_MASK: valid_t}
+                    batch[BatchKeys.IMAGE] = img
+                    if "storm" in names or embedding_key:
+                        tokens = module.embed(batch, use_image=True, use_expression=False).float().cpu()
+                    blocks = [tokens if name == "storm" else torch.from_numpy(stain_feat[sl]) for name in names]
+                    pred[sl] = predict_with_head(head, torch.cat(blocks, dim=1), device=device).numpy()
                 if embedding_key:
                     if embedding is None:
                         embedding = np.zeros((n, tokens.shape[1]), dtype=np.float32)
-                    embedding[sl] = tokens.numpy()
-                blocks = [tokens if name == "storm" else torch.from_numpy(stain_feat[sl]) for name in names]
-                pred[sl] = predict_with_head(head, torch.cat(blocks, dim=1), device=device).numpy()
+                    embedding[sl] = tokens.float().numpy()
     finally:
         reader.close()
         module.train(was_training)
