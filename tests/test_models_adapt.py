@@ -130,3 +130,33 @@ def test_embed_panel_bad_values_leave_adata_unchanged(model, merfish):
         storm.tl.embed(adata, model, panel="data", n_panel_genes=0)
     assert "X_storm" not in adata.obsm
     assert "X_storm" not in adata.uns
+
+
+def test_model_from_data_is_set_up_on_the_slides_deterministic_and_recorded():
+    adata = real("visium_fixture")
+    first = storm.tl.embed(adata, "from_data", n_panel_genes=200, copy=True)
+    second = storm.tl.embed(adata, "from_data", n_panel_genes=200, copy=True)
+    np.testing.assert_array_equal(first.obsm["X_storm_niche"], second.obsm["X_storm_niche"])
+    params = first.uns["X_storm"]["params"]
+    assert params["model"] == "from_data"
+    assert params["mode"] == "expression"  # the fixture has an image, but the model is untrained
+    coverage = params["gene_coverage"]
+    assert coverage["n_model_genes"] == 200  # its genes are the data's own most variable ones
+    assert coverage["n_used"] == 200
+    assert "X_storm" not in adata.obsm  # copy=True
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "match"),
+    [
+        ("from_data", {"mode": "joint"}, "expression only"),
+        ("from_data", {"panel": "data"}, "own genes"),
+        ("storm-mini", {}, "from_pretrained"),
+    ],
+)
+def test_a_bad_model_from_data_request_is_refused_and_nothing_is_written(model, kwargs, match):
+    adata = real("visium_fixture")
+    with pytest.raises(ValueError, match=match):
+        storm.tl.embed(adata, model, **kwargs)
+    assert "X_storm" not in adata.obsm
+    assert "X_storm" not in adata.uns

@@ -25,7 +25,12 @@ def blobs(sizes=SIZES, dims=8, seed=0, spread=8.0, libraries=("A",)):
     emb = centres[truth] + rng.normal(size=(len(truth), dims))
     lib = pd.Categorical(np.resize(np.asarray(libraries), len(truth)), categories=list(libraries))
     obs = pd.DataFrame({"truth": truth, "library_id": lib}, index=[f"s{i}" for i in range(len(truth))])
-    return ad.AnnData(obs=obs, obsm={"X_storm_niche": emb})
+    # each blob a patch of tissue of its own (a unit grid, patches 1000 apart): smoothing never mixes two blobs
+    xy = np.zeros((len(truth), 2))
+    for k in range(len(sizes)):
+        rows = np.flatnonzero(truth == k)
+        xy[rows] = np.stack([np.arange(len(rows)) % 8, np.arange(len(rows)) // 8], axis=1) + np.array([1000.0 * k, 0.0])
+    return ad.AnnData(obs=obs, obsm={"X_storm_niche": emb, "spatial": xy})
 
 
 def snapshot(adata):
@@ -376,3 +381,64 @@ def test_a_batch_key_missing_from_one_element_of_a_list_leaves_both_unchanged():
         storm.tl.domains([one, two], 3, batch_key="patient")
     assert_unchanged(one, before[0])
     assert_unchanged(two, before[1])
+
+
+def two_halves(side=24, noise=1.2, seed=0):
+    """A square grid whose left and right halves are two domains, their embeddings buried in spot-level noise."""
+    rng = np.random.default_rng(seed)
+    xy = np.stack(np.meshgrid(np.arange(side), np.arange(side)), axis=-1).reshape(-1, 2).astype(float) * 100.0
+    truth = (xy[:, 0] >= side * 50).astype(int)
+    emb = truth[:, None] * np.ones(4) + rng.normal(scale=noise, size=(len(truth), 4))
+    obs = pd.DataFrame({"truth": truth, "library_id": "A"}, index=[f"s{i}" for i in range(len(truth))])
+    return ad.AnnData(obs=obs, obsm={"X_storm_niche": emb, "spatial": xy})
+
+
+def test_spatial_smoothing_recovers_domains_buried_in_spot_noise():
+    adata = two_halves()
+    raw = storm.tl.domains(adata, 2, smooth=0, copy=True)
+    smoothed = storm.tl.domains(adata, 2, smooth=1.5, copy=True)
+    assert ari(adata.obs["truth"], raw.obs["storm_domains"]) < 0.5
+    assert ari(adata.obs["truth"], smoothed.obs["storm_domains"]) > 0.9
+    params = smoothed.uns["storm_domains"]["params"]
+    assert params["smooth"] == 1.5
+    assert params["spot_pitch"] == [100.0]  # the grid's pitch, in obsm['spatial'] units
+    assert raw.uns["storm_domains"]["params"]["smooth"] == 0.0
+    assert "spot_pitch" not in raw.uns["storm_domains"]["params"]
+
+
+def test_smoothing_stays_within_each_slide():
+    from storm._smoothing import slide_groups, smooth_spatially
+
+    one, other = two_halves(seed=0), two_halves(seed=1)
+    other.obs["library_id"] = "B"  # the same coordinates: side by side in one frame, but two slides
+    both = ad.concat([one, other], index_unique="-")
+    groups = slide_groups([both], "library_id")
+    assert [len(g) for g in groups] == [one.n_obs, other.n_obs]
+    together, _ = smooth_spatially(both.obsm["X_storm_niche"], both.obsm["spatial"], groups, 1.5)
+    alone, _ = smooth_spatially(one.obsm["X_storm_niche"], one.obsm["spatial"], [np.arange(one.n_obs)], 1.5)
+    np.testing.assert_allclose(together[: one.n_obs], alone)
+    # a list of AnnData: each its own slide too
+    assert [len(g) for g in slide_groups([one, other], "no_such_column")] == [one.n_obs, other.n_obs]
+
+
+@pytest.mark.parametrize("smooth", [-1.0, float("nan"), float("inf"), True, "1"])
+def test_a_bad_smooth_is_refused(smooth):
+    adata = two_halves()
+    before = snapshot(adata)
+    with pytest.raises(ValueError, match="`smooth`"):
+        storm.tl.domains(adata, 2, smooth=smooth)
+    assert_unchanged(adata, before)
+
+
+def test_smoothing_without_spot_positions_is_refused_naming_smooth_0():
+    adata = two_halves()
+    del adata.obsm["spatial"]
+    before = snapshot(adata)
+    with pytest.raises(ValueError, match=r"obsm\['spatial'\].*smooth=0"):
+        storm.tl.domains(adata, 2, smooth=1.0)
+    assert_unchanged(adata, before)
+    storm.tl.domains(adata, 2, smooth=0)  # an embedding without positions can still be clustered
+    nan = two_halves()
+    nan.obsm["spatial"][3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        storm.tl.domains(nan, 2, smooth=1.0)
