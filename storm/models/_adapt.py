@@ -182,8 +182,8 @@ def read_panel(
 
     The data's genes missing from the model's list (at most the ``n_top_genes`` most variable of them) are
     appended (:func:`extend_genes`) and their embeddings set from their co-expression with the known genes
-    (:func:`init_from_coexpression`): a new gene points where the genes it co-varies with point, so it adds
-    its measurement to the directions the model already reads instead of being thrown away.
+    (``init_from_coexpression`` of ``storm.models._adapt``): a new gene points where the genes it co-varies with
+    point, so it adds its measurement to the directions the model already reads instead of being thrown away.
     :func:`storm.tl.embed` does this with ``panel="data"``.
 
     Parameters

@@ -337,7 +337,7 @@ class StormModel:
             Show a progress bar.
         min_gene_coverage
             Where expression is read, refuse data holding less than this share of the model's genes
-            (:meth:`gene_coverage`'s ``fraction_of_model``); below :data:`storm.models._coverage.WARN_GENE_COVERAGE`
+            (:meth:`gene_coverage`'s ``fraction_of_model``); below ``storm.models._coverage.WARN_GENE_COVERAGE``
             (10 %) a warning says so. The default, 1 %, lets through every data set of fig. 4 (MERFISH, 155 genes:
             1.6 % of storm-mini's) and refuses a handful of genes; 0 turns the refusal off.
 

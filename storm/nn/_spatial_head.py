@@ -228,7 +228,7 @@ class SpatialExpressionHead(SavedHead):
         return self.windows_projected(self.proj(tokens), index, offsets_um)
 
     def windows_projected(self, projected: torch.Tensor, index: torch.Tensor, offsets_um: torch.Tensor) -> torch.Tensor:
-        """:meth:`windows` over tokens already through :attr:`proj` (project a whole slide's once, then batch)."""
+        """:meth:`windows` over tokens already through ``proj`` (project a whole slide's once, then batch)."""
         return self.out(self.window_embedding(projected, index, offsets_um))
 
     def window_embedding(self, projected: torch.Tensor, index: torch.Tensor, offsets_um: torch.Tensor) -> torch.Tensor:

@@ -278,7 +278,7 @@ def cohort_features(
         Output folder (created): ``<slide_id>.h5ad`` per slide. Slides whose file exists are skipped.
     head
         A trained :class:`storm.nn.ExpressionHead` (:func:`storm.tl.train_expression_head`,
-        :meth:`storm.nn.ExpressionHead.load`).
+        :meth:`storm.nn.SavedHead.load`).
     model
         The :class:`storm.models.StormModel` the head was trained on; default the embedded storm-mini.
     tile_um, tissue_threshold, min_tissue_fraction, batch_size

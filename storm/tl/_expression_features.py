@@ -38,7 +38,7 @@ def resolve_model(model: Any = None) -> Any:
 def encoder_identity(model: Any) -> dict[str, Any]:
     """Identity of a model's H&E feature path: a fingerprint of its inference weights and network configuration.
 
-    A head records it at training time; :meth:`storm.nn.ExpressionHead.load` and the prediction functions refuse a
+    A head records it at training time; :meth:`storm.nn.SavedHead.load` and the prediction functions refuse a
     head whose encoder fingerprint differs from the model's (its features would be meaningless to the head).
 
     Parameters

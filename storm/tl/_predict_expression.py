@@ -113,7 +113,7 @@ def predict_expression(
         Spots with ``obsm['spatial']`` and an H&E image per slide (see DEVELOPERS.md); counts are not needed. Not
         modified.
     head
-        A head from :func:`storm.tl.train_expression_head` or :meth:`storm.nn.ExpressionHead.load`.
+        A head from :func:`storm.tl.train_expression_head` or :meth:`storm.nn.SavedHead.load`.
     model
         The :class:`storm.models.StormModel` the head was trained on; default the embedded storm-mini. A model with
         another fingerprint is refused.
