@@ -86,6 +86,10 @@ def fit_stain_profile(pixels: np.ndarray) -> StainProfile:
     in that plane (1st and 99th percentiles) are the stain directions, the one with the larger red OD being
     haematoxylin.
 
+    Kept rather than torchstain's ``MacenkoNormalizer``, which gives the same stain vectors on real H&E
+    (``tests/test_pp_stain_torchstain.py``) but refits every image it normalises: storm fits one profile per slide,
+    from a sample of its patches, and takes the maxima over tissue pixels only (torchstain's count the glass).
+
     Parameters
     ----------
     pixels
@@ -132,7 +136,8 @@ def normalize_stain(pixels: np.ndarray, source: StainProfile, target: StainProfi
 
     Each pixel's H and E concentrations are solved for in the source's stain basis, rescaled by the ratio of the
     two profiles' maximum concentrations, and re-rendered with the target's stain vectors. Background stays
-    background (zero concentration renders as bare glass).
+    background (zero concentration renders as bare glass). The rendering inverts the optical density exactly, so
+    that pixels mapped to their own profile come back unchanged (torchstain's are up to one grey level brighter).
 
     Parameters
     ----------

@@ -199,6 +199,11 @@ def enrichment(
     vs. the rest, in the set vs. not. Gene sets are restricted to the background first (sizes count only genes that
     could have been found), and p-values are corrected by Benjamini–Hochberg over all pairs tested.
 
+    Kept rather than decoupler's over-representation analysis, which gives the same p-values on real markers
+    (``tests/test_tl_enrichment_decoupler.py``) but neither restricts the sets to the background nor corrects over
+    every domain (``mt.query_set``), or reports two-sided p-values of each observation's top-scored features
+    (``mt.ora``).
+
     Parameters
     ----------
     markers_or_genes
