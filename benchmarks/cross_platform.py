@@ -13,8 +13,9 @@ Methods: ``pca50`` (scanpy's defaults: ``sc.pp.normalize_total(adata)``, whose t
 per cell, then ``log1p`` and a 50-component PCA; normalising to 10⁴ instead, as this benchmark did before, lowers
 the PCA on MERFISH's volume-normalised values), ``storm zero-shot``
 (the shipped storm-mini, expression mode), ``storm adapted`` (:func:`storm.train.adapt` on the same
-cells, default settings: the panel's new genes appended, 800 steps; no labels used), and ``storm adapted,
-no new genes`` (adaptation on the known genes only: what the extra genes add), and the peer ``Novae (from
+cells, default settings: the panel's new genes appended, 800 steps; no labels used), ``storm adapted,
+no new genes`` (adaptation on the known genes only: what the extra genes add), ``storm from_data``
+(``storm.tl.embed(adata, "from_data")``: the network set up on the cells' own genes, untrained), and the peer ``Novae (from
 scratch)`` (``benchmarks/peers/run_novae.py`` in its own environment: Delaunay graph pruned at 100 µm, its default
 training, ``novae_latent`` for the k-NN probe and ``assign_domains`` for CHAOS; skipped, with a message, when
 ``.peers/novae`` is missing).
@@ -61,6 +62,7 @@ VARIANTS = {
     "storm zero-shot": None,
     "storm adapted": {"new_genes": True},
     "storm adapted, no new genes": {"new_genes": False},
+    "storm from_data": "from_data",  # storm.tl.embed(adata, "from_data"): set up on the cells, untrained
 }
 PEER = "Novae (from scratch)"
 
@@ -138,6 +140,8 @@ def run(name: str, *, steps: int, seed: int, methods: list[str]) -> list[dict]:
         start = time.perf_counter()
         if kwargs is None:
             model = base
+        elif kwargs == "from_data":
+            model = kwargs
         else:
             model = storm.train.adapt(base, adata, steps=steps, random_state=seed, progress=False, **kwargs)
         storm.tl.embed(adata, model, mode="expression")
