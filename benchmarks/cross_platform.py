@@ -11,14 +11,13 @@ Per data set with cell types (MERFISH mouse preoptic area, 6,509 cells × 155 ge
 
 Methods: ``pca50`` (scanpy's defaults: ``sc.pp.normalize_total(adata)``, whose target is the median total count
 per cell, then ``log1p`` and a 50-component PCA; normalising to 10⁴ instead, as this benchmark did before, lowers
-the PCA on MERFISH's volume-normalised values), ``storm zero-shot``
-(the shipped storm-mini, expression mode), ``storm adapted`` (:func:`storm.train.adapt` on the same
-cells, default settings: the panel's new genes appended, 800 steps; no labels used), ``storm adapted,
-no new genes`` (adaptation on the known genes only: what the extra genes add), ``storm from_data``
-(``storm.tl.embed(adata, "from_data")``: the network set up on the cells' own genes, untrained), and the peer ``Novae (from
-scratch)`` (``benchmarks/peers/run_novae.py`` in its own environment: Delaunay graph pruned at 100 µm, its default
-training, ``novae_latent`` for the k-NN probe and ``assign_domains`` for CHAOS; skipped, with a message, when
-``.peers/novae`` is missing).
+the PCA on MERFISH's volume-normalised values), ``storm zero-shot`` (the shipped storm-mini, expression mode),
+``storm adapted`` (:func:`storm.train.adapt` on the same cells, default settings: the panel's new genes appended,
+800 steps; no labels used), ``storm adapted, no new genes`` (adaptation on the known genes only: what the extra
+genes add), ``storm from_data`` (``storm.tl.embed(adata, "from_data")``: the network set up on the cells' own
+genes, untrained), and the peer ``Novae (from scratch)`` (``benchmarks/peers/run_novae.py`` in its own environment:
+Delaunay graph pruned at 100 µm, its default training, ``novae_latent`` for the k-NN probe and ``assign_domains``
+for CHAOS; skipped, with a message, when ``.peers/novae`` is missing).
 
 Usage: python benchmarks/cross_platform.py [--datasets merfish xenium] [--steps 800] [--seeds 0] [--methods ...]
 """

@@ -25,7 +25,10 @@ log-normalised counts of the genes all sections share).
 The model's pretraining corpus is read from its ``config.json`` and printed: storm-mini's holds every section of
 both groups, so these are scores on slides the model was trained on (the tables say so).
 
-Usage: python benchmarks/domains_joint.py [--groups her2st dlpfc] [--out benchmarks/logs/domains_joint.csv]
+With ``--model from_data`` the group's sections are embedded together by ``storm.tl.embed(sections, "from_data")``
+(one untrained model set up on all of them: no pretraining corpus, nothing seen before) instead.
+
+Usage: python benchmarks/domains_joint.py [--groups her2st dlpfc] [--model shipped|from_data] [--out CSV]
 """
 
 from __future__ import annotations
@@ -70,18 +73,25 @@ def in_corpus(corpus: dict, dataset: str, section: str) -> bool:
     return chosen == "all" or (isinstance(chosen, list) and section in chosen)
 
 
-def embedded(sections: tuple[str, ...]) -> tuple[list, list[np.ndarray], float]:
-    """Each section's AnnData embedded by ``storm.tl.embed`` (defaults), its scoring labels, and the seconds."""
+def embedded(sections: tuple[str, ...], model: str) -> tuple[list, list[np.ndarray], float]:
+    """The sections' AnnData embedded by ``storm.tl.embed``, their scoring labels, and the seconds.
+
+    ``model="shipped"``: each section by storm-mini (``embed``'s default); ``"from_data"``: the group's sections in one
+    call, so one untrained model set up on all of them embeds them in one space.
+    """
     import storm
 
     adatas, truths = [], []
-    start = time.perf_counter()
     for section in sections:
         adata, truth, _ = load_section(section)
-        adata = adata.copy()  # load_section's result is cached
-        storm.tl.embed(adata)
-        adatas.append(adata)
+        adatas.append(adata.copy())  # load_section's result is cached
         truths.append(truth)
+    start = time.perf_counter()
+    if model == "from_data":
+        storm.tl.embed(adatas, "from_data")
+    else:
+        for adata in adatas:
+            storm.tl.embed(adata)
     return adatas, truths, time.perf_counter() - start
 
 
@@ -162,8 +172,11 @@ def marker_table(group: str, adatas: list, truths: list[np.ndarray]) -> pd.DataF
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
-    parser.add_argument("--out", default=str(HERE / "logs" / "domains_joint.csv"))
+    parser.add_argument("--model", choices=["shipped", "from_data"], default="shipped")
+    parser.add_argument("--out", default=None, help="default: logs/domains_joint.csv (shipped), _from_data.csv")
     args = parser.parse_args()
+    suffix = "" if args.model == "shipped" else f"_{args.model}"
+    args.out = args.out or str(HERE / "logs" / f"domains_joint{suffix}.csv")
 
     import torch
 
@@ -171,13 +184,17 @@ def main() -> None:
 
     corpus = model_corpus()
     print(f"load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}")
-    print(f"model: {StormModel.from_pretrained()!r} (storm.tl.embed's default, the shipped storm-mini)")
-    print(f"its pretraining corpus (config.json): {corpus}")
+    if args.model == "shipped":
+        print(f"model: {StormModel.from_pretrained()!r} (storm.tl.embed's default, the shipped storm-mini)")
+        print(f"its pretraining corpus (config.json): {corpus}")
+    else:
+        corpus = {}
+        print("model: storm.tl.embed(sections, 'from_data'): set up on each group's sections, untrained (no corpus)")
     rows = []
     for group in args.groups:
         sections, batch_key, dataset = GROUPS[group]
         seen = [s for s in sections if in_corpus(corpus, dataset, s)]
-        adatas, truths, seconds = embedded(sections)
+        adatas, truths, seconds = embedded(sections, args.model)
         group_rows, _ = cluster(group, adatas, truths)
         rows += group_rows
         table = pd.DataFrame(group_rows)

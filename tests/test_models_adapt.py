@@ -160,3 +160,21 @@ def test_a_bad_model_from_data_request_is_refused_and_nothing_is_written(model, 
         storm.tl.embed(adata, model, **kwargs)
     assert "X_storm" not in adata.obsm
     assert "X_storm" not in adata.uns
+
+
+def test_from_data_averages_initialisations_of_one_gene_list():
+    from storm.models import from_data
+
+    adata = real("visium_fixture")
+    ensemble = from_data(adata, n_top_genes=100, n_models=2, random_state=3)
+    first, second = ensemble.members
+    assert first.genes == second.genes == ensemble.genes
+    kwargs = {"mode": "expression", "niche": True}
+    (c1, n1), (c2, n2) = (m.embed(adata, progress=False, **kwargs) for m in ensemble.members)
+    assert not np.allclose(n1, n2)  # different random initialisations
+    centre, niche = ensemble.embed(adata, **kwargs)
+    np.testing.assert_allclose(niche, (n1 + n2) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(centre, (c1 + c2) / 2, rtol=1e-5, atol=1e-6)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_models"):
+            from_data(adata, n_models=bad)

@@ -236,8 +236,9 @@ def domains(
         value suits Visium, legacy ST and single cells); neighbours beyond 3σ are ignored. Domains are contiguous,
         so the average removes each spot's own sampling noise and keeps boundaries wider than a spot. ``0``: no
         smoothing, the default: chosen on each fold's probe sections, the σ gave no gain on the held-out ones
-        (``benchmarks/domains_folds.py``: mean ARI 0.153 → 0.156 for storm-mini's recipe, 0.248 → 0.247 for
-        ``embed(model="from_data")``), though single sections gain (and lose) up to 0.1. Needs ``obsm['spatial']``.
+        (``benchmarks/domains_folds.py``: mean ARI 0.153 → 0.156 for storm-mini's recipe, 0.248 → 0.247 for one
+        untrained initialisation set up on the section), though single sections gain (and lose) up to 0.1. Needs
+        ``obsm['spatial']``.
     batch_key
         Column of ``obs`` (of every AnnData of a list) naming each spot's batch, e.g. the patient, or
         ``library_key`` for slides: the reduced representation (after ``n_pcs``) is corrected with Harmony

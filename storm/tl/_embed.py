@@ -61,13 +61,10 @@ FROM_DATA = "from_data"
 
 
 def _model_from_data(adatas: list[AnnData], n_genes: int | None, library_key: str) -> Any:
-    """``model="from_data"``: storm-mini's network set up on the slides themselves, untrained (see :func:`embed`)."""
-    from storm.models import StormModel
+    """``model="from_data"``: storm-mini's network set up on the slides, untrained (see :func:`embed`)."""
+    from storm.models import from_data
 
-    n_top = 3000 if n_genes is None else int(n_genes)
-    model = StormModel.setup(list(adatas), n_top_genes=n_top, library_key=library_key, random_state=0)
-    logger.info(f"embed: model='from_data': {len(model.genes):,} genes of the data, untrained (StormModel.setup)")
-    return model
+    return from_data(adatas, n_top_genes=3000 if n_genes is None else int(n_genes), library_key=library_key)
 
 
 def _coverage_threshold(accepted: Any, min_gene_coverage: float | None, model_name: str) -> float | None:
@@ -119,13 +116,13 @@ def embed(
         storm (:meth:`storm.models.StormModel.from_pretrained`). Zero-shot, a model reads only the genes on its
         list (``uns[key_added]['params']['gene_coverage']``); :func:`storm.train.adapt` returns a copy
         adapted to your slides, self-supervised, that reads your whole panel.
-        ``"from_data"``: no pretrained weights, but storm-mini's network set up on the slides given
-        (:meth:`storm.models.StormModel.setup` with ``n_top_genes=n_panel_genes`` and ``random_state=0``: their most
-        variable genes, gene embeddings from their PCA loadings) and not trained, in expression mode. For spatial
-        domains on a section of your own this is the better choice today: on sections outside storm-mini's corpus
-        it finds them better than the pretrained model does (``benchmarks/domains_folds.py``: mean ARI 0.248
-        against 0.153 over the seven labelled sections, DLPFC 0.431 against 0.190), because storm-mini's small
-        pretraining does not carry over to other tissue and panels.
+        ``"from_data"``: no pretrained weights, but storm-mini's network set up on the slides given and not
+        trained, in expression mode (:func:`storm.models.from_data`: ``n_panel_genes`` of their most variable genes,
+        gene embeddings from their PCA loadings, the mean embedding of 5 initialisations, seeds 0–4). For spatial
+        domains on a section of your own this is the better choice today: on the seven labelled sections it scores
+        a mean ARI of 0.309 where storm-mini pretrained without them scores 0.153 (``benchmarks/domains_from_data.py``,
+        ``benchmarks/domains_folds.py``), because storm-mini's small pretraining does not carry over to other tissue
+        and panels.
     mode
         ``"joint"`` (H&E + expression), ``"image"`` (H&E only), ``"expression"`` (expression only), or ``"auto"``:
         joint when there are counts and every slide has an image fine enough for the model's patches (not upsampled
@@ -248,7 +245,7 @@ def embed(
         model = StormModel.from_pretrained(None)
     if not callable(getattr(model, "embed", None)):
         raise ValueError(f"`model` needs an `embed` method (a storm.models.StormModel), got {type(model).__name__}.")
-    name = FROM_DATA if from_data else str(getattr(model, "name", None) or type(model).__name__)
+    name = str(getattr(model, "name", None) or type(model).__name__)
     # StormModel keeps the storm version that wrote its checkpoint in its config
     version = getattr(model, "version", None) or getattr(getattr(model, "config", None), "version", None)
 

@@ -1,0 +1,143 @@
+"""``from_data``: storm-mini's network set up on the slides themselves, untrained, several initialisations averaged.
+
+Measured on sections outside storm-mini's corpus (``benchmarks/domains_folds.py``), the pretrained model finds spatial
+domains worse than the same network built on the section and not trained: its gene embeddings start from the
+section's own PCA loadings, and the window of each spot is read through a transformer at random initialisation. One
+such initialisation is a random feature map, and its domains vary with the seed; the mean embedding of five scores
+higher on the DLPFC and the HER2ST sections alike (``benchmarks/domains_from_data.py``: mean ARI over the seven
+labelled sections 0.309 against 0.248 for one, three seed sets each; DLPFC 0.499 against 0.431).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from storm._logging import logger
+from storm.models._coverage import MIN_GENE_COVERAGE
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from storm.models._model import StormModel
+
+__all__ = ["DataEnsemble", "from_data"]
+
+
+class DataEnsemble:
+    """Untrained STORM networks set up on the same slides: :meth:`embed` returns their mean embedding.
+
+    Built by :func:`from_data`; :func:`storm.tl.embed` builds one for ``model="from_data"``.
+
+    Attributes
+    ----------
+    members
+        The :class:`~storm.models.StormModel` of each initialisation (the same genes, gene embeddings from the
+        same PCA loadings; the rest of each network at its own random initialisation).
+    genes
+        The genes they read (the slides' most variable ones).
+    name
+        ``"from_data"``, recorded by :func:`storm.tl.embed`.
+    """
+
+    name = "from_data"
+
+    def __init__(self, members: Sequence[StormModel]) -> None:
+        if not members:
+            raise ValueError("A DataEnsemble needs at least one model.")
+        self.members = list(members)
+        self.genes = list(self.members[0].genes)
+
+    @property
+    def version(self) -> str:
+        """The storm version that set the members up."""
+        from storm._version import __version__
+
+        return __version__
+
+    def gene_coverage(self, adata: AnnData) -> dict[str, Any]:
+        """Return the members' :meth:`~storm.models.StormModel.gene_coverage` (they read the same genes)."""
+        return self.members[0].gene_coverage(adata)
+
+    def embed(
+        self,
+        adata: AnnData,
+        *,
+        mode: str = "expression",
+        batch_size: int = 256,
+        accelerator: str = "auto",
+        library_key: str = "library_id",
+        context: bool = True,
+        niche: bool = False,
+        min_gene_coverage: float = MIN_GENE_COVERAGE,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Return the mean of the members' :meth:`~storm.models.StormModel.embed` (and of their niches: ``niche``)."""
+        outs = [
+            m.embed(
+                adata,
+                mode=mode,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                library_key=library_key,
+                context=context,
+                niche=niche,
+                min_gene_coverage=min_gene_coverage,
+                progress=False,
+            )
+            for m in self.members
+        ]
+        if niche:
+            return np.mean([o[0] for o in outs], axis=0), np.mean([o[1] for o in outs], axis=0)
+        return np.mean(outs, axis=0)
+
+
+def from_data(
+    adata: AnnData | Sequence[AnnData],
+    *,
+    n_top_genes: int = 3000,
+    n_models: int = 5,
+    library_key: str = "library_id",
+    random_state: int = 0,
+) -> DataEnsemble:
+    """Set storm-mini's network up ``n_models`` times on the slides themselves, untrained (see the module docstring).
+
+    Parameters
+    ----------
+    adata
+        The slides (an AnnData or a list: one gene list and one embedding space for all of them).
+    n_top_genes
+        The slides' most variable genes each network reads (:meth:`storm.models.StormModel.setup`).
+    n_models
+        Initialisations averaged; seeds ``random_state``, ``random_state + 1``, ….
+    library_key
+        Column of ``obs`` with the slide id.
+    random_state
+        Seed of the first initialisation.
+
+    Returns
+    -------
+    DataEnsemble
+        Its :meth:`~DataEnsemble.embed` is what :func:`storm.tl.embed` calls.
+
+    Raises
+    ------
+    ValueError
+        ``n_models`` or ``n_top_genes`` not a positive integer, or data :meth:`~storm.models.StormModel.setup`
+        refuses.
+    """
+    from storm.models._model import StormModel
+
+    for name, value in (("n_models", n_models), ("n_top_genes", n_top_genes)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    adatas = [adata] if not isinstance(adata, Sequence) else list(adata)
+    members = [
+        StormModel.setup(adatas, n_top_genes=int(n_top_genes), library_key=library_key, random_state=random_state + i)
+        for i in range(int(n_models))
+    ]
+    logger.info(
+        f"from_data: {n_models} untrained network(s) set up on {len(adatas)} AnnData, {len(members[0].genes):,} genes"
+    )
+    return DataEnsemble(members)
