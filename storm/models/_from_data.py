@@ -27,7 +27,7 @@ __all__ = ["DataEnsemble", "from_data"]
 
 
 class DataEnsemble:
-    """Untrained STORM networks set up on the same slides: :meth:`embed` returns their mean embedding.
+    """Untrained STORM networks set up on the same slides: :meth:`~storm.models.DataEnsemble.embed` returns their mean.
 
     Built by :func:`from_data`; :func:`storm.tl.embed` builds one for ``model="from_data"``.
 
