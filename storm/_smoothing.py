@@ -55,20 +55,20 @@ def slide_groups(adatas: Sequence[AnnData], library_key: str) -> list[np.ndarray
     return groups
 
 
-def spatial_coordinates(adatas: Sequence[AnnData], *, argument: str = "smooth") -> np.ndarray:
-    """``obsm['spatial']`` of every AnnData, concatenated, as finite float (n, 2); a ValueError naming ``argument``."""
+def spatial_coordinates(adatas: Sequence[AnnData]) -> np.ndarray:
+    """``obsm['spatial']`` of every AnnData, concatenated, as finite float (n, 2); a ValueError naming ``smooth=0``."""
     parts = []
     for i, a in enumerate(adatas):
         xy = a.obsm.get("spatial")
         if xy is None:
             raise ValueError(
                 f"Spatial smoothing needs each spot's position in obsm['spatial'], missing from AnnData {i}; pass "
-                f"{argument}=0 to cluster the representation as it is."
+                "smooth=0 to cluster the representation as it is."
             )
         xy = np.asarray(xy, dtype=np.float64)[:, :2]
         if not np.isfinite(xy).all():
             raise ValueError(
-                f"obsm['spatial'] of AnnData {i} has NaN or infinite positions; drop those spots or pass {argument}=0."
+                f"obsm['spatial'] of AnnData {i} has NaN or infinite positions; drop those spots or pass smooth=0."
             )
         parts.append(xy)
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
