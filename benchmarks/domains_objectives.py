@@ -8,7 +8,11 @@ gene and spot dropout, the other windows of the batch as negatives. No label is 
 the section is embedded (``storm.tl.embed``, expression) and clustered (``storm.tl.domains``, defaults, true K);
 ``steps = 0`` is the untrained initialisation itself. The learning rate is constant after a short warm-up, so the
 runs at 30 and 100 steps of one (objective, lr, seed) are one trajectory evaluated twice; ``seconds`` of a run is
-setup + its steps + embed + domains.
+setup + its steps + embed + domains. Every parameter of the network and of a projection head is trained (AdamW,
+weight decay 0.05), 32 windows a step (two views each), temperature 0.1, 30 % of genes and 20 % of spots dropped.
+
+The batch was set by a pilot (F1, seed 0, batch 64, lr 1e-4 and 1e-3; not in the logs), which at 0.4-1.5 s a step on
+the shared machine would not fit 100 steps of a DLPFC section into 60 s.
 
 Settings are chosen by the cross-dataset rule of ``domains_folds.py``: the DLPFC sections' setting is the one with
 the highest mean ARI on the HER2ST sections and the reverse, so no section picks its own setting.
@@ -17,7 +21,8 @@ Usage::
 
     STORM_DATA_MIRROR=../shared/data nice -n 10 .venv/bin/python benchmarks/domains_objectives.py
     # writes logs/domains_objectives.{log,csv}; --sections / --seeds for a subset (then nothing is written)
-    .venv/bin/python benchmarks/domains_objectives.py --summary-only   # the tables again, from the csv
+    ... benchmarks/domains_objectives.py --lrs 1e-3       # another learning rate: logs/domains_objectives_lr0.001.*
+    .venv/bin/python benchmarks/domains_objectives.py --summary-only   # the tables of every csv written, together
 """
 
 from __future__ import annotations
@@ -106,17 +111,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="*", default=list(SECTIONS))
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
-    parser.add_argument("--summary-only", action="store_true", help="print the tables of the csv written before")
+    parser.add_argument("--lrs", nargs="*", type=float, default=list(LRS))
+    parser.add_argument("--summary-only", action="store_true", help="print the tables of every csv written before")
     args = parser.parse_args()
     if args.summary_only:
-        with (HERE / "logs" / "domains_objectives.csv").open() as fh:
-            rows = [{**r, **{k: float(r[k]) for k in ("lr", "ari", "seconds")}, "steps": int(r["steps"])}
-                    for r in csv.DictReader(fh)]  # fmt: skip
-        summarise(rows, sys.stdout)
+        summarise(read_logs(), sys.stdout)
         return
     full = args.sections == list(SECTIONS) and args.seeds == list(SEEDS)
     torch.set_num_threads(1)
-    log = (HERE / "logs" / "domains_objectives.log").open("w") if full else None
+    # the default learning rates write domains_objectives.*, others domains_objectives_lr<...>.*
+    stem = "domains_objectives" + ("" if args.lrs == list(LRS) else "_lr" + "_".join(f"{lr:g}" for lr in args.lrs))
+    log = (HERE / "logs" / f"{stem}.log").open("w") if full else None
     out = Tee(sys.stdout, *([log] if log else []))
     rows = []
 
@@ -137,7 +142,7 @@ def main() -> None:
             ari, embed_s = domains_ari(adata, base, truth)
             record(section, seed, "none", 0.0, 0, ari, setup_s + embed_s)
             for objective in OBJECTIVES:
-                for lr in LRS:
+                for lr in args.lrs:
                     torch.manual_seed(seed)  # the projection head's initialisation
                     model = copy.deepcopy(base)
                     run = (section, seed, objective, lr)
@@ -149,11 +154,23 @@ def main() -> None:
                     train(model, slide, objective, lr, seed, STEPS, evaluate)
     if not full:
         return
-    with (HERE / "logs" / "domains_objectives.csv").open("w", newline="") as fh:
+    with (HERE / "logs" / f"{stem}.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    summarise(rows, out)
+    summarise(read_logs(), out)
+
+
+def read_logs() -> list[dict]:
+    """Rows of every ``logs/domains_objectives*.csv``; a run found in several (``steps = 0``) counted once."""
+    rows: dict[tuple, dict] = {}
+    for path in sorted((HERE / "logs").glob("domains_objectives*.csv")):
+        with path.open() as fh:
+            for r in csv.DictReader(fh):
+                r = {**r, **{k: float(r[k]) for k in ("lr", "ari", "seconds", "loss")}, "seed": int(r["seed"]),
+                     "steps": int(r["steps"])}  # fmt: skip
+                rows.setdefault((r["section"], r["seed"], r["objective"], r["lr"], r["steps"]), r)
+    return list(rows.values())
 
 
 def summarise(rows: list[dict], out) -> None:

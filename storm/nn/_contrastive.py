@@ -85,14 +85,44 @@ def sample_neighbours(
 
 
 def drop_positions(index: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mark a random share ``p`` of each window's non-centre positions as padding (``-1``); the centre stays."""
+    """Mark a random share of each window's non-centre positions as padding; the centre stays.
+
+    Parameters
+    ----------
+    index
+        Long ``(B, W)`` spot rows of each window, position 0 = centre, ``-1`` = padding.
+    p
+        Probability that a non-centre position is dropped.
+    generator
+        Random generator (on ``index``'s device).
+
+    Returns
+    -------
+    torch.Tensor
+        ``index`` with the dropped positions set to ``-1``.
+    """
     drop = torch.rand(index.shape, generator=generator, device=index.device) < p
     drop[:, 0] = False
     return index.masked_fill(drop, -1)
 
 
 def drop_genes(gene_mask: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mark a random share ``p`` of each spot's measured genes (rows of ``(N, G)`` ``gene_mask``) as unmeasured."""
+    """Mark a random share of each spot's measured genes as unmeasured.
+
+    Parameters
+    ----------
+    gene_mask
+        ``(N, G)`` bool measured genes per spot.
+    p
+        Probability that a gene of a spot is dropped.
+    generator
+        Random generator (on ``gene_mask``'s device).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, G)`` bool: measured and kept.
+    """
     keep = torch.rand(gene_mask.shape, generator=generator, device=gene_mask.device) >= p
     return gene_mask.bool() & keep
 
