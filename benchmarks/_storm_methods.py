@@ -1,4 +1,4 @@
-"""In-process rows of the domain benchmark: storm's default pipeline, its ablations, and smoothed PCA.
+"""In-process rows of the domain benchmark: storm's default pipeline, storm-mini's ablations, and smoothed PCA.
 
 Each method takes one section's AnnData (raw counts in ``.X``, ``obsm['spatial']``, ``uns['spatial']``; a copy the
 method may modify) and the number of domains, and returns one label per spot. storm's rows use the public API only.
@@ -24,26 +24,36 @@ def _domains(adata: AnnData, n_domains: int, **kwargs) -> np.ndarray:
 
 
 def storm_default(adata: AnnData, n_domains: int) -> np.ndarray:
-    """The pipeline a user runs: ``storm.tl.embed`` then ``storm.tl.domains``, all defaults."""
+    """The pipeline a user runs: ``storm.tl.embed`` then ``storm.tl.domains``, all defaults.
+
+    With expression alone (no image on these sections is fine enough for the patches) ``embed``'s default model is
+    ``"from_data"``: the network set up on the section, untrained; no model trained on the section is involved.
+    """
     storm.tl.embed(adata)
     return _domains(adata, n_domains)
 
 
-def storm_paper_readout(adata: AnnData, n_domains: int) -> np.ndarray:
-    """The paper's protocol: K-means on the centre-spot embedding ``X_storm`` (no niche readout, no PCA)."""
-    storm.tl.embed(adata)
+def _storm_mini():
+    from storm.models import StormModel
+
+    return StormModel.from_pretrained()
+
+
+def storm_mini(adata: AnnData, n_domains: int) -> np.ndarray:
+    """Ablation: the shipped storm-mini, whose pretraining corpus holds these seven sections (not their labels)."""
+    storm.tl.embed(adata, _storm_mini())
+    return _domains(adata, n_domains)
+
+
+def storm_mini_paper_readout(adata: AnnData, n_domains: int) -> np.ndarray:
+    """storm-mini with the paper's protocol: K-means on the centre-spot embedding (no niche readout, no PCA)."""
+    storm.tl.embed(adata, _storm_mini())
     return _domains(adata, n_domains, use_rep="X_storm", method="kmeans", n_pcs=None)
 
 
-def storm_expression_only(adata: AnnData, n_domains: int) -> np.ndarray:
-    """Ablation: expression mode even where an H&E image exists."""
-    storm.tl.embed(adata, mode="expression")
-    return _domains(adata, n_domains)
-
-
-def storm_no_context(adata: AnnData, n_domains: int) -> np.ndarray:
-    """Ablation: each spot's window holds only the spot itself (same weights, no neighbours)."""
-    storm.tl.embed(adata, context=False)
+def storm_mini_no_context(adata: AnnData, n_domains: int) -> np.ndarray:
+    """storm-mini, each spot's window holding only the spot itself (same weights, no neighbours)."""
+    storm.tl.embed(adata, _storm_mini(), context=False)
     return _domains(adata, n_domains)
 
 
@@ -62,10 +72,11 @@ def smoothed_pca(adata: AnnData, n_domains: int, *, n_neighbors: int = 24) -> np
     return KMeans(n_domains, n_init=10, random_state=0).fit_predict(smoothed).astype(str)
 
 
+#: Row name → method. The storm-mini rows score sections of its own pretraining corpus; their names say so.
 METHODS: dict[str, Callable[[AnnData, int], np.ndarray]] = {
     "storm": storm_default,
-    "storm (paper readout: centre token, K-means)": storm_paper_readout,
-    "storm (expression only)": storm_expression_only,
-    "storm (no spatial context)": storm_no_context,
+    "storm-mini (pretrained on these sections)": storm_mini,
+    "storm-mini (pretrained on these sections), paper readout: centre token, K-means": storm_mini_paper_readout,
+    "storm-mini (pretrained on these sections), no spatial context": storm_mini_no_context,
     "smoothed PCA (baseline)": smoothed_pca,
 }

@@ -15,9 +15,11 @@ the PCA on MERFISH's volume-normalised values), ``storm zero-shot`` (the shipped
 ``storm adapted`` (:func:`storm.train.adapt` on the same cells, default settings: the panel's new genes appended,
 800 steps; no labels used), ``storm adapted, no new genes`` (adaptation on the known genes only: what the extra
 genes add), ``storm from_data`` (``storm.tl.embed(adata, "from_data")``: the network set up on the cells' own
-genes, untrained), and the peer ``Novae (from scratch)`` (``benchmarks/peers/run_novae.py`` in its own environment:
-Delaunay graph pruned at 100 µm, its default training, ``novae_latent`` for the k-NN probe and ``assign_domains``
-for CHAOS; skipped, with a message, when ``.peers/novae`` is missing).
+genes, untrained), ``storm from_data, cell alone`` (the same with ``context=False``: a cell type is a property of
+the cell, so its readout need not mix in the neighbours' expression), and the peer ``Novae (from scratch)``
+(``benchmarks/peers/run_novae.py`` in its own environment: Delaunay graph pruned at 100 µm, its default training,
+``novae_latent`` for the k-NN probe and ``assign_domains`` for CHAOS; skipped, with a message, when ``.peers/novae``
+is missing).
 
 Usage: python benchmarks/cross_platform.py [--datasets merfish xenium] [--steps 800] [--seeds 0] [--methods ...]
 """
@@ -62,6 +64,7 @@ VARIANTS = {
     "storm adapted": {"new_genes": True},
     "storm adapted, no new genes": {"new_genes": False},
     "storm from_data": "from_data",  # storm.tl.embed(adata, "from_data"): set up on the cells, untrained
+    "storm from_data, cell alone": "from_data",  # the same, each cell's window holding only the cell (context=False)
 }
 PEER = "Novae (from scratch)"
 
@@ -143,7 +146,7 @@ def run(name: str, *, steps: int, seed: int, methods: list[str]) -> list[dict]:
             model = kwargs
         else:
             model = storm.train.adapt(base, adata, steps=steps, random_state=seed, progress=False, **kwargs)
-        storm.tl.embed(adata, model, mode="expression")
+        storm.tl.embed(adata, model, mode="expression", context=not method.endswith("cell alone"))
         seconds = time.perf_counter() - start
         storm.tl.domains(adata, n_domains=k, random_state=seed)
         cov = adata.uns["X_storm"]["params"]["gene_coverage"]

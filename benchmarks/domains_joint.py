@@ -89,9 +89,10 @@ def embedded(sections: tuple[str, ...], model: str) -> tuple[list, list[np.ndarr
     start = time.perf_counter()
     if model == "from_data":
         storm.tl.embed(adatas, "from_data")
-    else:
+    else:  # the shipped storm-mini, named: embed's default for expression alone is "from_data"
+        model = storm.models.StormModel.from_pretrained()
         for adata in adatas:
-            storm.tl.embed(adata)
+            storm.tl.embed(adata, model)
     return adatas, truths, time.perf_counter() - start
 
 

@@ -5,14 +5,18 @@ copies on one slide, so every cell keeps its real neighbourhood (k = 24 nearest 
 1,000,000 cells. ``--kind spots`` tiles DLPFC 151673 (3,639 Visium spots) on the spot array to 10k … 200k spots,
 expression mode, and also times the default pipeline (``mode="auto"``: H&E + expression) on the real section.
 
+``--model default`` gives ``storm.tl.embed`` no model, so expression is embedded by its default, ``"from_data"``:
+five untrained networks set up on the data (``setup_s``: choosing the genes and the PCA loadings), each run over the
+prepared windows; ``--model storm-mini`` (the default of this script) times the pretrained model.
+
 Each size runs in a fresh process (benchmarks/_harness.py), so its peak resident memory is its own. The split:
-``prepare_s`` (library-size normalisation, the model's gene panel, k-NN or grid windows; ``windows_s`` of it is
-:func:`storm.pp.spatial_windows`), ``inference_s`` (the network), ``embed_s`` (all of ``storm.tl.embed``) and
-``domains_s`` (``storm.tl.domains``). The machine's 1-minute load average is printed with each size: the CPU is
-shared, and a loaded machine gives slower numbers.
+``setup_s`` (the default model's set-up; 0 for storm-mini), ``prepare_s`` (library-size normalisation, the model's
+gene panel, k-NN or grid windows; ``windows_s`` of it is :func:`storm.pp.spatial_windows`), ``inference_s`` (the
+network), ``embed_s`` (all of ``storm.tl.embed``) and ``domains_s`` (``storm.tl.domains``). The machine's 1-minute
+load average is printed with each size: the CPU is shared, and a loaded machine gives slower numbers.
 
 Usage: python benchmarks/scale.py --kind cells [--sizes 100000 300000 1000000] [--n-domains 8]
-       python benchmarks/scale.py --kind spots [--sizes 10000 50000 100000 200000]
+       python benchmarks/scale.py --kind spots [--sizes 10000 50000 100000 200000] [--model default]
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def tile_spots(adata, n: int):
     return tiled
 
 
-def run(kind: str, n: int | None, n_domains: int, mode: str, domains_kwargs: dict) -> dict:
+def run(kind: str, n: int | None, n_domains: int, mode: str, domains_kwargs: dict, model_name: str) -> dict:
     """One measurement (in a fresh process): tile, embed, domains; seconds per step."""
     import functools
 
@@ -113,10 +117,13 @@ def run(kind: str, n: int | None, n_domains: int, mode: str, domains_kwargs: dic
     adata = base if n is None else tile(base, n)
     del base
     build_s = time.perf_counter() - start
-    model = StormModel.from_pretrained()
-    model.embed = functools.partial(model.embed, progress=False)  # no progress bar in the log
+    if model_name == "storm-mini":
+        model = StormModel.from_pretrained()
+        model.embed = functools.partial(model.embed, progress=False)  # no progress bar in the log
+    else:
+        model = None  # embed's default: "from_data" for expression, storm-mini where an image is read
 
-    timings = {"prepare_s": 0.0, "windows_s": 0.0}
+    timings = {"setup_s": 0.0, "prepare_s": 0.0, "windows_s": 0.0}
 
     def timed(key, fn):
         def wrapper(*args, **kwargs):
@@ -131,6 +138,7 @@ def run(kind: str, n: int | None, n_domains: int, mode: str, domains_kwargs: dic
     # time the steps inside storm.tl.embed without changing what it runs
     model_module.prepare_slides = timed("prepare_s", model_module.prepare_slides)
     prepare_module.spatial_windows = timed("windows_s", prepare_module.spatial_windows)
+    storm.models.from_data = timed("setup_s", storm.models.from_data)  # the default's networks, set up on the data
 
     t0 = time.perf_counter()
     storm.tl.embed(adata, model, mode=mode)
@@ -138,10 +146,11 @@ def run(kind: str, n: int | None, n_domains: int, mode: str, domains_kwargs: dic
     t0 = time.perf_counter()
     storm.tl.domains(adata, n_domains=n_domains, **domains_kwargs)
     domains_s = time.perf_counter() - t0
-    inference_s = embed_s - timings["prepare_s"]
+    inference_s = embed_s - timings["prepare_s"] - timings["setup_s"]
     return {
         "n": adata.n_obs,
         "mode": adata.uns["X_storm"]["params"]["mode"],
+        "model": adata.uns["X_storm"]["params"]["model"],
         "build_s": build_s,
         **timings,
         "inference_s": inference_s,
@@ -162,6 +171,12 @@ def main() -> None:
     parser.add_argument("--n-domains", type=int, help="K of storm.tl.domains (default 8 cells, 7 spots)")
     parser.add_argument("--domains-kwargs", default="{}", help='JSON, e.g. \'{"method": "kmeans", "n_init": 1}\'')
     parser.add_argument("--no-real", action="store_true", help="spots: skip the real section")
+    parser.add_argument(
+        "--model",
+        choices=["storm-mini", "default"],
+        default="storm-mini",
+        help='"default": no model given to storm.tl.embed, i.e. "from_data" for expression (5 networks)',
+    )
     parser.add_argument("--out", help="CSV (default results/benchmarks/scale_<kind>.csv)")
     parser.add_argument("--log", help="log file (default benchmarks/logs/scale_<kind>.log)")
     args = parser.parse_args()
@@ -181,7 +196,8 @@ def main() -> None:
             fh.write(text + "\n")
 
     say(f"\n# benchmarks/scale.py --kind {kind} — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} CPUs")
-    say(f"# storm.tl.embed (expression) + storm.tl.domains(n_domains={n_domains}, {domains_kwargs or 'defaults'})")
+    domains_args = f"n_domains={n_domains}, {domains_kwargs or 'defaults'}"
+    say(f"# storm.tl.embed (expression, model {args.model}) + storm.tl.domains({domains_args})")
     jobs = [(n, "expression") for n in sizes]
     if kind == "spots" and not args.no_real:
         jobs = [(None, "auto"), (None, "expression"), *jobs]
@@ -189,7 +205,7 @@ def main() -> None:
     for n, mode in jobs:
         what = "real DLPFC 151673" if n is None else f"{n:,} {kind}"
         try:
-            row = {"data": what, **measure(run, kind, n, n_domains, mode, domains_kwargs)}
+            row = {"data": what, **measure(run, kind, n, n_domains, mode, domains_kwargs, args.model)}
         except RuntimeError as err:
             row = {"data": what, "error": str(err)}
         rows.append(row)
@@ -197,7 +213,9 @@ def main() -> None:
     columns = [
         "data",
         "mode",
+        "model",
         "n",
+        "setup_s",
         "prepare_s",
         "windows_s",
         "inference_s",

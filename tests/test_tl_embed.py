@@ -116,8 +116,16 @@ def test_copy_returns_a_new_object():
     assert "X_storm" not in adata.obsm
 
 
-def test_model_none_loads_the_pretrained_model(monkeypatch):
-    loaded = []
+@pytest.mark.parametrize(
+    ("images", "mode", "expected", "resolved"),
+    [
+        (True, "auto", "fake-storm", "joint"),
+        (False, "auto", "from_data", "expression"),
+        (True, "expression", "from_data", "expression"),  # an image there, but not read
+    ],
+)
+def test_model_none_is_storm_mini_with_an_image_and_from_data_without(monkeypatch, images, mode, expected, resolved):
+    loaded, set_up = [], []
 
     class StormModel:
         @classmethod
@@ -125,10 +133,33 @@ def test_model_none_loads_the_pretrained_model(monkeypatch):
             loaded.append(name)
             return FakeModel()
 
-    monkeypatch.setitem(sys.modules, "storm.models", types.SimpleNamespace(StormModel=StormModel))
-    adata = spots()
-    storm.tl.embed(adata)
-    assert loaded == [None]
+    def from_data(adatas, *, n_top_genes, library_key):
+        set_up.append(n_top_genes)
+        ensemble = FakeModel()
+        ensemble.name = "from_data"
+        return ensemble
+
+    fake = types.SimpleNamespace(StormModel=StormModel, from_data=from_data)
+    monkeypatch.setitem(sys.modules, "storm.models", fake)
+    adata = spots(images=images)
+    storm.tl.embed(adata, mode=mode)
+    assert loaded == [None]  # storm-mini decides the mode (is its image scale met?) in both cases
+    assert set_up == ([] if expected == "fake-storm" else [3000])
+    params = adata.uns["X_storm"]["params"]
+    assert params["model"] == expected
+    assert params["mode"] == resolved
+
+
+def test_model_none_with_panel_data_stays_storm_mini(monkeypatch):
+    monkeypatch.setattr("storm.tl._embed._reading_the_panel", lambda model, adatas, n: (model, ["G9"]))
+    monkeypatch.setattr("storm.tl._embed._model_from_data", lambda *a: pytest.fail("from_data was built"))
+    monkeypatch.setitem(
+        sys.modules,
+        "storm.models",
+        types.SimpleNamespace(StormModel=types.SimpleNamespace(from_pretrained=lambda name: FakeModel())),
+    )
+    adata = spots(images=False)
+    storm.tl.embed(adata, panel="data")
     assert adata.uns["X_storm"]["params"]["model"] == "fake-storm"
 
 

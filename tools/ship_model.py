@@ -120,7 +120,8 @@ Training losses (mean per block of steps; `training_metrics.csv` holds every log
 - Its pretraining corpus holds every labelled section of the domain benchmark (`benchmarks/domains.py`), so its
   scores there are on its own training slides. Pretrained without the scored data set (`benchmarks/domains_folds.py`,
   3 seeds) the recipe scores a mean ARI of 0.153 over those sections; `storm.tl.embed(adata, "from_data")`, which
-  trains nothing, scores 0.309 (`benchmarks/domains_from_data.py`). Use that for domains of your own sections.
+  trains nothing, scores 0.309 (`benchmarks/domains_from_data.py`), and is what `storm.tl.embed(adata)` uses
+  when it reads expression alone; storm-mini is its default only where an H&E image is read.
 """
     lr = None
     try:

@@ -73,24 +73,30 @@ class DataEnsemble:
         niche: bool = False,
         min_gene_coverage: float = MIN_GENE_COVERAGE,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Return the mean of the members' :meth:`~storm.models.StormModel.embed` (and of their niches: ``niche``)."""
-        outs = [
-            m.embed(
-                adata,
-                mode=mode,
+        """Return the mean of the members' :meth:`~storm.models.StormModel.embed` (and of their niches: ``niche``).
+
+        The slides are prepared once (windows, normalised counts): the members read the same genes with the same
+        settings and differ only in their weights.
+        """
+        from storm.models._coverage import check_gene_coverage
+
+        check_gene_coverage(self.gene_coverage(adata), min_gene_coverage)
+        slides = self.members[0].prepare(adata, mode=mode, library_key=library_key)
+        total: list[np.ndarray] = []  # a running sum: one member's output in memory at a time, not all of them
+        for m in self.members:
+            out = m.embed_prepared(
+                slides,
+                adata.n_obs,
                 batch_size=batch_size,
                 accelerator=accelerator,
-                library_key=library_key,
                 context=context,
                 niche=niche,
-                min_gene_coverage=min_gene_coverage,
                 progress=False,
             )
-            for m in self.members
-        ]
-        if niche:
-            return np.mean([o[0] for o in outs], axis=0), np.mean([o[1] for o in outs], axis=0)
-        return np.mean(outs, axis=0)
+            parts = list(out) if niche else [out]
+            total = parts if not total else [t + p for t, p in zip(total, parts, strict=True)]
+        means = [t / len(self.members) for t in total]
+        return (means[0], means[1]) if niche else means[0]
 
 
 def from_data(
@@ -133,9 +139,11 @@ def from_data(
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     adatas = [adata] if not isinstance(adata, Sequence) else list(adata)
-    members = [
-        StormModel.setup(adatas, n_top_genes=int(n_top_genes), library_key=library_key, random_state=random_state + i)
-        for i in range(int(n_models))
+    first = StormModel.setup(adatas, n_top_genes=int(n_top_genes), library_key=library_key, random_state=random_state)
+    # the gene choice does not depend on the seed: the other members reuse it instead of choosing it again
+    members = [first] + [
+        StormModel.setup(adatas, genes=first.genes, library_key=library_key, random_state=random_state + i)
+        for i in range(1, int(n_models))
     ]
     logger.info(
         f"from_data: {n_models} untrained network(s) set up on {len(adatas)} AnnData, {len(members[0].genes):,} genes"

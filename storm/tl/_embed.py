@@ -111,18 +111,24 @@ def embed(
         :func:`storm.pp.set_slide`) is embedded with its image element, placed by the two elements' transformations
         (a uniform scale and a shift), and the results are written into the table.
     model
-        A :class:`storm.models.StormModel`, or any object with ``embed(adata, mode=, batch_size=, accelerator=,
-        library_key=) -> ndarray`` and ``name`` / ``version`` attributes. ``None`` loads the model shipped with
-        storm (:meth:`storm.models.StormModel.from_pretrained`). Zero-shot, a model reads only the genes on its
-        list (``uns[key_added]['params']['gene_coverage']``); :func:`storm.train.adapt` returns a copy
-        adapted to your slides, self-supervised, that reads your whole panel.
+        ``None`` (the default): the model measured best for what is read. When every slide is read from expression
+        alone (``mode="expression"``, or ``"auto"`` without an H&E image fine enough for the model's patches) with
+        ``panel="model"``, ``"from_data"`` (below); when an image is read, or with ``panel="data"``, storm-mini, the
+        model shipped with storm (:meth:`storm.models.StormModel.from_pretrained`). ``params['model']`` records
+        which. A :class:`storm.models.StormModel` (``StormModel.from_pretrained()`` for storm-mini whatever is
+        read), or any object with ``embed(adata, mode=, batch_size=, accelerator=, library_key=) -> ndarray`` and
+        ``name`` / ``version`` attributes. Zero-shot, a model reads only the genes on its list
+        (``uns[key_added]['params']['gene_coverage']``); :func:`storm.train.adapt` returns a copy adapted to your
+        slides, self-supervised, that reads your whole panel.
         ``"from_data"``: no pretrained weights, but storm-mini's network set up on the slides given and not
         trained, in expression mode (:func:`storm.models.from_data`: ``n_panel_genes`` of their most variable genes,
-        gene embeddings from their PCA loadings, the mean embedding of 5 initialisations, seeds 0–4). For spatial
-        domains on a section of your own this is the better choice today: on the seven labelled sections it scores
-        a mean ARI of 0.309 where storm-mini pretrained without them scores 0.153 (``benchmarks/domains_from_data.py``,
-        ``benchmarks/domains_folds.py``), because storm-mini's small pretraining does not carry over to other tissue
-        and panels.
+        gene embeddings from their PCA loadings, the mean embedding of 5 initialisations, seeds 0–4). It is the
+        default for expression because, on sections outside a model's corpus, it finds spatial domains better than
+        pretrained storm-mini: a mean ARI over the seven labelled sections of 0.309 where storm-mini's recipe,
+        pretrained without them, scores 0.153 (``benchmarks/domains_from_data.py``, ``benchmarks/domains_folds.py``;
+        more initialisations, concatenating them or smoothing gave no held-out gain,
+        ``benchmarks/domains_from_data_grid.py``). storm-mini's small pretraining does not carry over to other
+        tissue and panels; a model pretrained at the paper's scale is passed as ``model``.
     mode
         ``"joint"`` (H&E + expression), ``"image"`` (H&E only), ``"expression"`` (expression only), or ``"auto"``:
         joint when there are counts and every slide has an image fine enough for the model's patches (not upsampled
@@ -147,8 +153,8 @@ def embed(
         a :class:`storm.models.StormModel` with the gene-embedding expression encoder.
     n_panel_genes
         With ``panel="data"``: at most this many genes appended, the most variable first (Seurat dispersion);
-        ``None``: every gene of the data. With ``model="from_data"``: the genes the model is set up on (``None``:
-        3,000).
+        ``None``: every gene of the data. With ``model="from_data"`` (and the default model for expression): the
+        genes the model is set up on (``None``: 3,000).
     min_gene_coverage
         Where expression is read, refuse data holding less than this share of the model's genes (``None``: the
         model's default, 1 % for :class:`storm.models.StormModel`, whose ``embed`` also warns below 10 %; 0: never
@@ -237,20 +243,25 @@ def embed(
     # resolve every mode before loading the model or embedding anything: a bad list element fails fast, untouched
     modes = [resolve_mode(a, mode, library_key=library_key) for a in adatas]
 
+    default = model is None
     if from_data:
         model = _model_from_data(adatas, n_panel_genes, library_key)
-    elif model is None:
+    elif default:
         from storm.models import StormModel  # lazily: torch is imported only when an embedding is asked for
 
         model = StormModel.from_pretrained(None)
     if not callable(getattr(model, "embed", None)):
         raise ValueError(f"`model` needs an `embed` method (a storm.models.StormModel), got {type(model).__name__}.")
-    name = str(getattr(model, "name", None) or type(model).__name__)
-    # StormModel keeps the storm version that wrote its checkpoint in its config
-    version = getattr(model, "version", None) or getattr(getattr(model, "config", None), "version", None)
 
     if mode == "auto":
         modes = [auto_mode(a, model, library_key=library_key) for a in adatas]
+    if default and panel == "model" and all(m == "expression" for m in modes):
+        # no image read: the network set up on the slides beats the pretrained one on unseen sections (docstring)
+        logger.info("embed: expression only and no model given: model='from_data' (see storm.tl.embed's `model`)")
+        model = _model_from_data(adatas, n_panel_genes, library_key)
+    name = str(getattr(model, "name", None) or type(model).__name__)
+    # StormModel keeps the storm version that wrote its checkpoint in its config
+    version = getattr(model, "version", None) or getattr(getattr(model, "config", None), "version", None)
     appended: list[str] = []
     if panel == "data" and any(m != "image" for m in modes):
         model, appended = _reading_the_panel(

@@ -393,37 +393,65 @@ def train_expression_head(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # constant genes: NaN, counted in the log line below
             val_r = gene_pearson(pred, y_all[is_val], genes=genes).to_numpy()
+    head.features = feature_spec(model, features)
+    _record(
+        head,
+        genes,
+        model,
+        val_r,
+        setup={
+            "size_um": float(model.config.size_um),
+            "patch_px": int(model.config.patch_px),
+            "window": int(model.config.window),
+        },
+        context_pitch_um=_context_pitch_um(adatas, library_key),
+        layer=layer,
+        stain_target=stain_target,
+        info={
+            "head_type": "frozen",
+            "val_key": val_key,
+            "train_groups": list(train_groups),
+            "val_groups": list(val_list),
+            "n_train": int(is_train.sum()),
+            "n_val": int(is_val.sum()),
+            "epochs": int(epochs),
+            "lr": float(lr),
+            "batch_size": int(batch_size),
+            "l1": float(l1),
+            "l2": float(l2),
+            "random_state": int(random_state),
+            "history": history,
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
+    )
+    logger.info(f"train_expression_head: finished ({elapsed(start)}): {_val_summary(val_r)}")
+    return head
+
+
+def _record(
+    head: Any,
+    genes: list[str],
+    model: Any,
+    val_r: np.ndarray,
+    *,
+    setup: dict[str, Any],
+    context_pitch_um: float,
+    layer: str | None,
+    stain_target: Any,
+    info: dict[str, Any],
+) -> None:
+    """Write what both head kinds record: genes, encoder, set-up (its own keys first), validation r, training."""
     head.genes = genes
     head.encoder = encoder_identity(model)
-    head.features = feature_spec(model, features)
     head.setup = {
-        "size_um": float(model.config.size_um),
-        "patch_px": int(model.config.patch_px),
-        "window": int(model.config.window),
+        **setup,
         "target_sum": float(model.config.target_sum),
-        "context_pitch_um": _context_pitch_um(adatas, library_key),
+        "context_pitch_um": context_pitch_um,
         "layer": layer,
         "stain_target": None if stain_target is None else stain_target.to_dict(),
     }
     head.val_pearson = [float(v) for v in val_r]
-    head.training_info = {
-        "head_type": "frozen",
-        "val_key": val_key,
-        "train_groups": list(train_groups),
-        "val_groups": list(val_list),
-        "n_train": int(is_train.sum()),
-        "n_val": int(is_val.sum()),
-        "epochs": int(epochs),
-        "lr": float(lr),
-        "batch_size": int(batch_size),
-        "l1": float(l1),
-        "l2": float(l2),
-        "random_state": int(random_state),
-        "history": history,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    logger.info(f"train_expression_head: finished ({elapsed(start)}): {_val_summary(val_r)}")
-    return head
+    head.training_info = info
 
 
 def _val_summary(val_r: np.ndarray) -> str:
@@ -474,31 +502,32 @@ def _finish_spatial(
         library_key=library_key,
         **options,
     )
-    stain_target = options["stain_target"]
-    head.genes = genes
-    head.encoder = encoder_identity(model)
     head.features = [{"name": "patches", "scales_um": list(options["scales_um"]), "dim": head.tower.out_dim}]
-    head.setup = {
-        "scales_um": list(options["scales_um"]),
-        "patch_px": int(options["patch_px"]),
-        "window": int(options["window"]),
-        "target_sum": float(model.config.target_sum),
-        "context_pitch_um": _context_pitch_um(adatas, library_key),
-        "layer": layer,
-        "stain_target": None if stain_target is None else stain_target.to_dict(),
-    }
-    head.val_pearson = [float(v) for v in val_r]
-    head.training_info = {
-        "head_type": "spatial",
-        "val_key": val_key,
-        "train_groups": list(train_groups),
-        "val_groups": list(val_list),
-        "n_train": n_train,
-        "n_val": n_val,
-        **{k: options[k] for k in ("epochs", "lr", "layer_decay", "n_augment", "l1", "l2", "random_state")},
-        "history": history,
-        **seconds,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    _record(
+        head,
+        genes,
+        model,
+        val_r,
+        setup={
+            "scales_um": list(options["scales_um"]),
+            "patch_px": int(options["patch_px"]),
+            "window": int(options["window"]),
+        },
+        context_pitch_um=_context_pitch_um(adatas, library_key),
+        layer=layer,
+        stain_target=options["stain_target"],
+        info={
+            "head_type": "spatial",
+            "val_key": val_key,
+            "train_groups": list(train_groups),
+            "val_groups": list(val_list),
+            "n_train": n_train,
+            "n_val": n_val,
+            **{k: options[k] for k in ("epochs", "lr", "layer_decay", "n_augment", "l1", "l2", "random_state")},
+            "history": history,
+            **seconds,
+            "seconds": round(time.perf_counter() - start, 2),
+        },
+    )
     logger.info(f"train_expression_head: finished ({elapsed(start)}): {_val_summary(val_r)}")
     return head
