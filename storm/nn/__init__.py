@@ -9,6 +9,7 @@ from ._attention import FeedForward, SelfAttention, TransformerBlock
 from ._augment import augment_patches, hed_jitter
 from ._batch import BatchKeys
 from ._config import StormNetConfig
+from ._contrastive import NicheContrastiveLoss, drop_genes, drop_positions, info_nce_loss, sample_neighbours
 from ._decoders import TokenDecoder
 from ._efficientnet import EFFICIENTNET_LITE_VARIANTS, EfficientNetLite, EfficientNetLiteEncoder
 from ._efficientnet_weights import PRETRAINED_EFFICIENTNET, load_imagenet_weights, pretrained_weights
@@ -64,6 +65,7 @@ __all__ = [
     "ImageEncoder",
     "IntegratedGradients",
     "MultiwayBlock",
+    "NicheContrastiveLoss",
     "NovaeExpressionEncoder",
     "PerceiverCompressor",
     "RawExpressionEncoder",
@@ -90,10 +92,13 @@ __all__ = [
     "broadcast_gene_mask",
     "centre_embedding",
     "cox_partial_likelihood_loss",
+    "drop_genes",
+    "drop_positions",
     "fit_expression_head",
     "fit_spatial_head",
     "hed_jitter",
     "image_only_encoder",
+    "info_nce_loss",
     "integrated_gradients",
     "l1_l2_loss",
     "layerwise_lr_groups",
@@ -104,6 +109,7 @@ __all__ = [
     "pretrained_weights",
     "rgb_to_hed",
     "sample_modality_drop",
+    "sample_neighbours",
     "sample_position_mask",
     "spatial_alibi_bias",
     "to_unit_float",
