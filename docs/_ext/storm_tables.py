@@ -75,31 +75,29 @@ def _domains_folds(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return title, table.reset_index()
 
 
-def _domains_from_data(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+def _ari_by_section(log: pd.DataFrame, index: str | list[str]) -> pd.DataFrame:
+    """Mean ARI per setting (rows ``index``) and section, in the log's order, then the all-section and DLPFC means."""
     log = log.assign(section=log["section"].astype(str))
-    table = log.pivot_table(index="n_models", columns="section", values="ari", aggfunc="mean")
-    table = table[[s for s in log["section"].unique() if s in table.columns]]
+    table = log.pivot_table(index=index, columns="section", values="ari", aggfunc="mean", sort=False)
+    sections = [s for s in log["section"].unique() if s in table.columns]
+    table = table[sections]
     table["mean"] = table.mean(axis=1)
-    table["DLPFC mean"] = table[[c for c in table.columns if c.isdigit()]].mean(axis=1)
+    table["DLPFC mean"] = table[[s for s in sections if s.isdigit()]].mean(axis=1)
+    return table
+
+
+def _domains_from_data(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     title = (
         'storm.tl.embed(adata, "from_data"): ARI (true K, mean over 3 seed sets) by the number of untrained '
         "initialisations averaged; no model is trained on any section"
     )
-    return title, table.reset_index()
+    return title, _ari_by_section(log, "n_models").reset_index()
 
 
 def _domains_from_data_grid(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    log = log.assign(section=log["section"].astype(str))
-    table = log.pivot_table(
-        index=["n_models", "combine", "smooth"], columns="section", values="ari", aggfunc="mean", sort=False
-    )
-    table = table[[s for s in log["section"].unique() if s in table.columns]]
-    dlpfc = [c for c in table.columns if c.isdigit()]
-    table["mean"] = table.mean(axis=1)
-    table["DLPFC mean"] = table[dlpfc].mean(axis=1)
-    table["HER2ST mean"] = table[[c for c in table.columns if c in log["section"].unique() and c not in dlpfc]].mean(
-        axis=1
-    )
+    table = _ari_by_section(log, ["n_models", "combine", "smooth"])
+    her2st = [s for s in table.columns[:-2] if not s.isdigit()]
+    table["HER2ST mean"] = table[her2st].mean(axis=1)
     title = (
         "from_data members averaged (mean) or side by side (concat), then domains(smooth=σ): ARI (true K, mean over "
         "3 seed sets). Each data set's setting is chosen on the other's sections: see "
@@ -109,16 +107,11 @@ def _domains_from_data_grid(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 
 
 def _domains_objectives(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    log = log.assign(section=log["section"].astype(str))
-    table = log.pivot_table(index=["objective", "steps"], columns="section", values="ari", aggfunc="mean", sort=False)
-    table = table[[s for s in log["section"].unique() if s in table.columns]]
-    table["mean"] = table.mean(axis=1)
-    table["DLPFC mean"] = table[[c for c in table.columns if c.isdigit()]].mean(axis=1)
     title = (
         "One from_data initialisation trained on each section with NicheContrastiveLoss (lr 1e-4, batch 32): ARI "
         "(true K, mean over 3 seeds); steps 0 is the untrained initialisation"
     )
-    return title, table.reset_index()
+    return title, _ari_by_section(log, ["objective", "steps"]).reset_index()
 
 
 def _pretraining_steps(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:

@@ -404,16 +404,17 @@ def train_expression_head(
             "patch_px": int(model.config.patch_px),
             "window": int(model.config.window),
         },
-        context_pitch_um=_context_pitch_um(adatas, library_key),
+        adatas=adatas,
+        library_key=library_key,
         layer=layer,
         stain_target=stain_target,
-        info={
-            "head_type": "frozen",
-            "val_key": val_key,
-            "train_groups": list(train_groups),
-            "val_groups": list(val_list),
-            "n_train": int(is_train.sum()),
-            "n_val": int(is_val.sum()),
+        head_type="frozen",
+        val_key=val_key,
+        train_groups=train_groups,
+        val_groups=val_list,
+        n_train=int(is_train.sum()),
+        n_val=int(is_val.sum()),
+        training={
             "epochs": int(epochs),
             "lr": float(lr),
             "batch_size": int(batch_size),
@@ -435,23 +436,41 @@ def _record(
     val_r: np.ndarray,
     *,
     setup: dict[str, Any],
-    context_pitch_um: float,
+    adatas: list[AnnData],
+    library_key: str,
     layer: str | None,
     stain_target: Any,
-    info: dict[str, Any],
+    head_type: str,
+    val_key: str,
+    train_groups: Sequence[str],
+    val_groups: Sequence[str],
+    n_train: int,
+    n_val: int,
+    training: dict[str, Any],
 ) -> None:
-    """Write what both head kinds record: genes, encoder, set-up (its own keys first), validation r, training."""
+    """Write what both head kinds record: genes, encoder, set-up, the split, validation r and training.
+
+    ``setup`` and ``training`` hold the keys of the kind's own (its patches; its fit's options and history).
+    """
     head.genes = genes
     head.encoder = encoder_identity(model)
     head.setup = {
         **setup,
         "target_sum": float(model.config.target_sum),
-        "context_pitch_um": context_pitch_um,
+        "context_pitch_um": _context_pitch_um(adatas, library_key),
         "layer": layer,
         "stain_target": None if stain_target is None else stain_target.to_dict(),
     }
     head.val_pearson = [float(v) for v in val_r]
-    head.training_info = info
+    head.training_info = {
+        "head_type": head_type,
+        "val_key": val_key,
+        "train_groups": list(train_groups),
+        "val_groups": list(val_groups),
+        "n_train": n_train,
+        "n_val": n_val,
+        **training,
+    }
 
 
 def _val_summary(val_r: np.ndarray) -> str:
@@ -513,16 +532,17 @@ def _finish_spatial(
             "patch_px": int(options["patch_px"]),
             "window": int(options["window"]),
         },
-        context_pitch_um=_context_pitch_um(adatas, library_key),
+        adatas=adatas,
+        library_key=library_key,
         layer=layer,
         stain_target=options["stain_target"],
-        info={
-            "head_type": "spatial",
-            "val_key": val_key,
-            "train_groups": list(train_groups),
-            "val_groups": list(val_list),
-            "n_train": n_train,
-            "n_val": n_val,
+        head_type="spatial",
+        val_key=val_key,
+        train_groups=train_groups,
+        val_groups=val_list,
+        n_train=n_train,
+        n_val=n_val,
+        training={
             **{k: options[k] for k in ("epochs", "lr", "layer_decay", "n_augment", "l1", "l2", "random_state")},
             "history": history,
             **seconds,
