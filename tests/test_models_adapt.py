@@ -178,3 +178,18 @@ def test_from_data_averages_initialisations_of_one_gene_list():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="n_models"):
             from_data(adata, n_models=bad)
+
+
+def test_from_data_scales_counts_to_the_median_total_on_request():
+    from storm.models import from_data
+
+    adata = real("visium_fixture")
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    ensemble = from_data(adata, n_top_genes=100, n_models=2, target_sum="median")
+    expected = float(np.median(totals[totals > 0]))
+    assert expected != 1e4
+    assert [m.config.target_sum for m in ensemble.members] == [expected, expected]
+    assert from_data(adata, n_top_genes=100, n_models=1).members[0].config.target_sum == 1e4
+    for bad in ("mean", 0, -5.0, True, None):
+        with pytest.raises(ValueError, match="target_sum"):
+            from_data(adata, n_top_genes=100, n_models=1, target_sum=bad)

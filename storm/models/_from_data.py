@@ -11,7 +11,7 @@ labelled sections 0.309 against 0.248 for one, three seed sets each; DLPFC 0.499
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -104,6 +104,7 @@ def from_data(
     *,
     n_top_genes: int = 3000,
     n_models: int = 5,
+    target_sum: float | Literal["median"] = 1e4,
     library_key: str = "library_id",
     random_state: int = 0,
 ) -> DataEnsemble:
@@ -117,6 +118,11 @@ def from_data(
         The slides' most variable genes each network reads (:meth:`storm.models.StormModel.setup`).
     n_models
         Initialisations averaged; seeds ``random_state``, ``random_state + 1``, ….
+    target_sum
+        Counts each spot is scaled to before ``log1p``, or ``"median"``: the median total of the slides' spots with
+        any count (scanpy's ``normalize_total`` default). 10⁴ finds better domains on the labelled Visium and legacy
+        ST sections here; the median gives cell types better separated on the MERFISH cells, whose values are
+        counts divided by cell volume, and slightly worse on Xenium's (``benchmarks/from_data_inputs.py``).
     library_key
         Column of ``obs`` with the slide id.
     random_state
@@ -130,8 +136,8 @@ def from_data(
     Raises
     ------
     ValueError
-        ``n_models`` or ``n_top_genes`` not a positive integer, or data :meth:`~storm.models.StormModel.setup`
-        refuses.
+        ``n_models`` or ``n_top_genes`` not a positive integer, ``target_sum`` neither positive nor ``"median"``,
+        or data :meth:`~storm.models.StormModel.setup` refuses.
     """
     from storm.models._model import StormModel
 
@@ -139,13 +145,31 @@ def from_data(
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     adatas = [adata] if not isinstance(adata, Sequence) else list(adata)
-    first = StormModel.setup(adatas, n_top_genes=int(n_top_genes), library_key=library_key, random_state=random_state)
+    target = _target_sum(adatas, target_sum)
+    common = {"target_sum": target, "library_key": library_key}
+    first = StormModel.setup(adatas, n_top_genes=int(n_top_genes), random_state=random_state, **common)
     # the gene choice does not depend on the seed: the other members reuse it instead of choosing it again
     members = [first] + [
-        StormModel.setup(adatas, genes=first.genes, library_key=library_key, random_state=random_state + i)
+        StormModel.setup(adatas, genes=first.genes, random_state=random_state + i, **common)
         for i in range(1, int(n_models))
     ]
     logger.info(
-        f"from_data: {n_models} untrained network(s) set up on {len(adatas)} AnnData, {len(members[0].genes):,} genes"
+        f"from_data: {n_models} untrained network(s) set up on {len(adatas)} AnnData, {len(members[0].genes):,} genes, "
+        f"counts scaled to {target:g} per spot"
     )
     return DataEnsemble(members)
+
+
+def _target_sum(adatas: list[AnnData], target_sum: float | str) -> float:
+    """Return the counts per spot before ``log1p``: ``target_sum``, or the median total of the spots with any count."""
+    if isinstance(target_sum, str):
+        if target_sum != "median":
+            raise ValueError(f"`target_sum` must be a positive number or 'median', got {target_sum!r}.")
+        totals = np.concatenate([np.asarray(a.X.sum(axis=1), dtype=np.float64).ravel() for a in adatas])
+        totals = totals[totals > 0]
+        if totals.size == 0:
+            raise ValueError("target_sum='median': no spot has any count; pass raw counts in `.X`.")
+        return float(np.median(totals))
+    if isinstance(target_sum, bool) or not isinstance(target_sum, int | float | np.number) or not target_sum > 0:
+        raise ValueError(f"`target_sum` must be a positive number or 'median', got {target_sum!r}.")
+    return float(target_sum)
