@@ -70,10 +70,10 @@ class NichePrototypeLoss(TwoViewNicheLoss):
     dim
         Width of the niche embedding (the network's ``dim``).
     n_prototypes
-        Number of prototypes. The default, 256, is that of Novae's first releases. SwAV found the number matters
-        little once it is well above the number of classes; 256 is far above the 5 to 20 domains a section is cut
-        into (the codes over-cluster, :func:`storm.tl.domains` groups), and the balanced codes of a batch of a
-        few dozen windows still spread over all of them.
+        Number of prototypes. The default, 256, is that of Novae's first releases; SwAV found the number matters
+        little once it is well above the number of classes, and 256 is far above the 5 to 20 domains a section is
+        cut into (the prototypes over-cluster; :func:`storm.tl.domains` clusters the embedding afterwards). With
+        fewer windows a batch than prototypes, the balanced codes spread each window over several prototypes.
     proj_dim
         Width of the projection (and of the prototypes).
     temperature
