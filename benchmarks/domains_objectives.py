@@ -1,28 +1,33 @@
 """Per-section self-supervised adaptation with a structure-aware objective, from the ``from_data`` initialisation.
 
-For each labelled section and seed, storm-mini's network is set up on the section (``StormModel.setup``, 3,000
-genes, ``random_state=seed``: one ``from_data`` initialisation, untrained) and trained on that section alone with a
-contrastive objective on niche embeddings (:class:`storm.nn.NicheContrastiveLoss`): ``neighbour`` (the positive of a
-window is the window centred on a nearest neighbour of its centre) or ``window`` (the same window), both views with
-gene and spot dropout, the other windows of the batch as negatives. No label is used. After ``steps`` optimiser steps
-the section is embedded (``storm.tl.embed``, expression) and clustered (``storm.tl.domains``, defaults, true K);
-``steps = 0`` is the untrained initialisation itself. The learning rate is constant after a short warm-up, so the
-runs at 30 and 100 steps of one (objective, lr, seed) are one trajectory evaluated twice; ``seconds`` of a run is
-setup + its steps + embed + domains. Every parameter of the network and of a projection head is trained (AdamW,
-weight decay 0.05), 32 windows a step (two views each), temperature 0.1, 30 % of genes and 20 % of spots dropped.
+For each labelled section and seed, storm-mini's network is set up on the section (``StormModel.setup``, 3,000 genes,
+``random_state=seed``: one ``from_data`` initialisation, untrained) and trained on that section alone with an objective
+on the niche embeddings of two views of each window: ``neighbour`` (the second view is the window centred on a nearest
+neighbour of its centre) or ``window`` (the same window), both views with gene and spot dropout. The objective is
+contrastive (:class:`storm.nn.NicheContrastiveLoss`, the other windows of the batch as negatives: ``neighbour``,
+``window``) or Novae's swapped prototype assignment (:class:`storm.nn.NichePrototypeLoss`, 256 prototypes,
+Sinkhorn-Knopp codes with 3 iterations and epsilon 0.05: ``prototype-neighbour``, ``prototype-window``). No label is
+used. After ``steps`` optimiser steps the section is embedded (``storm.tl.embed``, expression) and clustered
+(``storm.tl.domains``, defaults, true K); ``steps = 0`` (``none``) is the untrained initialisation itself. The learning
+rate is constant after a short warm-up, so the runs at 30 and 100 steps of one (objective, lr, seed) are one trajectory
+evaluated twice; ``seconds`` of a run is setup + its steps + embed + domains. Every parameter of the network, of a
+projection head and of the prototypes is trained (AdamW, weight decay 0.05), 32 windows a step (two views each),
+temperature 0.1, 30 % of genes and 20 % of spots dropped.
 
 The batch was set by a pilot (F1, seed 0, batch 64, lr 1e-4 and 1e-3; not in the logs), which at 0.4-1.5 s a step on
 the shared machine would not fit 100 steps of a DLPFC section into 60 s.
 
 Settings are chosen by the cross-dataset rule of ``domains_folds.py``: the DLPFC sections' setting is the one with
-the highest mean ARI on the HER2ST sections and the reverse, so no section picks its own setting.
+the highest mean ARI on the HER2ST sections and the reverse, so no section picks its own setting. The choice is
+over every setting measured on all sections and seeds (every objective, step budget and learning rate).
 
 Usage::
 
     STORM_DATA_MIRROR=../shared/data nice -n 10 .venv/bin/python benchmarks/domains_objectives.py
-    # writes logs/domains_objectives.{log,csv}; --sections / --seeds for a subset (then nothing is written)
-    ... benchmarks/domains_objectives.py --lrs 1e-3       # another learning rate: logs/domains_objectives_lr0.001.*
-    .venv/bin/python benchmarks/domains_objectives.py --summary-only   # the tables of every csv written, together
+    # every objective at every step budget of STEPS, 3 seeds, the 7 sections: logs/domains_objectives.{log,csv}.
+    # The csv is a cache: each run is appended as it is measured, runs found there are not repeated, so a run cut
+    # short resumes. --objectives / --lrs add settings to it; --sections / --seeds run a subset (nothing written).
+    .venv/bin/python benchmarks/domains_objectives.py --summary-only   # the tables of the csv
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ from _harness import print_table  # noqa: E402
 from domains import SECTIONS, Tee, load_section, n_classes, score  # noqa: E402
 
 N_GENES = 3000
-OBJECTIVES = ("neighbour", "window")
+CONTRASTIVE = ("neighbour", "window")
+PROTOTYPE = tuple(f"prototype-{views}" for views in CONTRASTIVE)
+OBJECTIVES = CONTRASTIVE + PROTOTYPE
 LRS = (1e-4,)  # the paper's pretraining rate; 1e-3 only in the pilot (module docstring)
 STEPS = (30, 100)
 BATCH = 32
@@ -70,10 +77,12 @@ def domains_ari(adata, model, truth) -> tuple[float, float]:
 
 def train(model, slide, objective: str, lr: float, seed: int, checkpoints, evaluate):
     """Train ``model`` in place on one prepared slide; call ``evaluate(step, train_seconds)`` at each checkpoint."""
-    from storm.nn import NicheContrastiveLoss, sample_neighbours
+    from storm.nn import NicheContrastiveLoss, NichePrototypeLoss, sample_neighbours
 
     net = model.module
-    criterion = NicheContrastiveLoss(net.config.dim, temperature=TEMPERATURE)
+    loss_class = NichePrototypeLoss if objective in PROTOTYPE else NicheContrastiveLoss
+    criterion = loss_class(net.config.dim, temperature=TEMPERATURE)
+    views_of = objective.removeprefix("prototype-")
     params = [p for p in net.parameters() if p.requires_grad] + list(criterion.parameters())
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / WARMUP))
@@ -87,7 +96,7 @@ def train(model, slide, objective: str, lr: float, seed: int, checkpoints, evalu
         gen = torch.Generator().manual_seed(seed * 100_003 + step)
         centres = torch.randperm(slide.n_obs, generator=gen)[:BATCH]
         index_a, offsets_a = index_all[centres], offsets_all[centres]
-        other = sample_neighbours(index_a, offsets_a, gen) if objective == "neighbour" else centres
+        other = sample_neighbours(index_a, offsets_a, gen) if views_of == "neighbour" else centres
         index_b, offsets_b = index_all[other], offsets_all[other]
         both = torch.cat([index_a, index_b])
         rows = torch.unique(both[both >= 0])
@@ -105,6 +114,17 @@ def train(model, slide, objective: str, lr: float, seed: int, checkpoints, evalu
     net.eval()
 
 
+CSV = HERE / "logs" / "domains_objectives.csv"
+FIELDS = ("section", "seed", "objective", "lr", "steps", "ari", "seconds", "loss")
+
+
+def run_line(r: dict) -> str:
+    """One measured run, as the log prints it."""
+    loss = "" if np.isnan(r["loss"]) else f", loss {r['loss']:.3f}"
+    return (f"{r['section']} seed {r['seed']} | {r['objective']} lr {r['lr']:g} steps {r['steps']}: "
+            f"ARI {r['ari']:.3f} ({r['seconds']:.0f} s{loss})")  # fmt: skip
+
+
 def main() -> None:
     import storm
 
@@ -112,70 +132,89 @@ def main() -> None:
     parser.add_argument("--sections", nargs="*", default=list(SECTIONS))
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--lrs", nargs="*", type=float, default=list(LRS))
-    parser.add_argument("--summary-only", action="store_true", help="print the tables of every csv written before")
+    parser.add_argument("--objectives", nargs="*", choices=OBJECTIVES, default=list(OBJECTIVES))
+    parser.add_argument("--summary-only", action="store_true", help="print the tables of the csv, run nothing")
     args = parser.parse_args()
     if args.summary_only:
         summarise(read_logs(), sys.stdout)
         return
     full = args.sections == list(SECTIONS) and args.seeds == list(SEEDS)
     torch.set_num_threads(1)
-    # the default learning rates write domains_objectives.*, others domains_objectives_lr<...>.*
-    stem = "domains_objectives" + ("" if args.lrs == list(LRS) else "_lr" + "_".join(f"{lr:g}" for lr in args.lrs))
-    log = (HERE / "logs" / f"{stem}.log").open("w") if full else None
-    out = Tee(sys.stdout, *([log] if log else []))
-    rows = []
+    # the csv is a cache: a full run appends each run as it is measured and skips those found there
+    cached = {key(r) for r in read_logs()} if full else set()
+    if full and not CSV.exists():
+        CSV.write_text(",".join(FIELDS) + "\n")
 
     def record(section, seed, objective, lr, steps, ari, seconds, loss=float("nan")):
-        rows.append(dict(section=section, seed=seed, objective=objective, lr=lr, steps=steps, ari=ari,
-                         seconds=seconds, loss=loss))  # fmt: skip
-        print(f"{section} seed {seed} | {objective} lr {lr:g} steps {steps}: ARI {ari:.3f} ({seconds:.0f} s"
-              f"{'' if np.isnan(loss) else f', loss {loss:.3f}'})", file=out, flush=True)  # fmt: skip
+        row = dict(zip(FIELDS, (section, seed, objective, lr, steps, ari, seconds, loss), strict=True))
+        print(run_line(row), flush=True)
+        if full:
+            with CSV.open("a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=FIELDS).writerow(row)
 
     for seed in args.seeds:
         for section in args.sections:
+            todo = [(o, lr) for o in args.objectives for lr in args.lrs
+                    if any((section, seed, o, lr, s) not in cached for s in STEPS)]  # fmt: skip
+            untrained_cached = (section, seed, "none", 0.0, 0) in cached
+            if not todo and untrained_cached:
+                continue
             adata, truth, _ = load_section(section)
             adata = adata.copy()
             start = time.perf_counter()
             base = storm.models.StormModel.setup(adata, n_top_genes=N_GENES, random_state=seed)
             setup_s = time.perf_counter() - start
             (slide,) = base.prepare(adata, mode="expression")
-            ari, embed_s = domains_ari(adata, base, truth)
-            record(section, seed, "none", 0.0, 0, ari, setup_s + embed_s)
-            for objective in OBJECTIVES:
-                for lr in args.lrs:
-                    torch.manual_seed(seed)  # the projection head's initialisation
-                    model = copy.deepcopy(base)
-                    run = (section, seed, objective, lr)
+            if not untrained_cached:
+                ari, embed_s = domains_ari(adata, base, truth)
+                record(section, seed, "none", 0.0, 0, ari, setup_s + embed_s)
+            for objective, lr in todo:
+                torch.manual_seed(seed)  # the projection head's (and prototypes') initialisation
+                model = copy.deepcopy(base)
+                run = (section, seed, objective, lr)
 
-                    def evaluate(step, train_s, loss, model=model, run=run, adata=adata, truth=truth, setup_s=setup_s):
-                        ari, embed_s = domains_ari(adata, model, truth)
-                        record(*run, step, ari, setup_s + train_s + embed_s, loss)
+                def evaluate(step, train_s, loss, model=model, run=run, adata=adata, truth=truth, setup_s=setup_s):
+                    ari, embed_s = domains_ari(adata, model, truth)
+                    record(*run, step, ari, setup_s + train_s + embed_s, loss)
 
-                    train(model, slide, objective, lr, seed, STEPS, evaluate)
+                train(model, slide, objective, lr, seed, STEPS, evaluate)
     if not full:
         return
-    with (HERE / "logs" / f"{stem}.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    summarise(read_logs(), out)
+    rows = read_logs()
+    with CSV.with_suffix(".log").open("w") as log:
+        order = {name: i for i, name in enumerate(("none", *OBJECTIVES))}
+        for r in sorted(rows, key=lambda r: (r["seed"], SECTIONS.index(r["section"]), order[r["objective"]],
+                                             r["lr"], r["steps"])):  # fmt: skip
+            print(run_line(r), file=log)
+        summarise(rows, Tee(sys.stdout, log))
+
+
+def key(r: dict) -> tuple:
+    return r["section"], r["seed"], r["objective"], r["lr"], r["steps"]
 
 
 def read_logs() -> list[dict]:
-    """Rows of every ``logs/domains_objectives*.csv``; a run found in several (``steps = 0``) counted once."""
+    """Rows of ``logs/domains_objectives.csv``; a run found twice (a run cut short, then repeated) counted once."""
     rows: dict[tuple, dict] = {}
-    for path in sorted((HERE / "logs").glob("domains_objectives*.csv")):
-        with path.open() as fh:
+    if CSV.exists():
+        with CSV.open() as fh:
             for r in csv.DictReader(fh):
                 r = {**r, **{k: float(r[k]) for k in ("lr", "ari", "seconds", "loss")}, "seed": int(r["seed"]),
                      "steps": int(r["steps"])}  # fmt: skip
-                rows.setdefault((r["section"], r["seed"], r["objective"], r["lr"], r["steps"]), r)
+                rows.setdefault(key(r), r)
     return list(rows.values())
 
 
 def summarise(rows: list[dict], out) -> None:
     """Per-setting table, and the setting each data set gets from the other (the cross-dataset rule)."""
-    settings = sorted({(r["objective"], r["lr"], r["steps"]) for r in rows}, key=lambda s: (s[2] > 0, s))
+    runs: dict[tuple, set] = {}
+    for r in rows:
+        runs.setdefault((r["objective"], r["lr"], r["steps"]), set()).add((r["section"], r["seed"]))
+    every = {(section, seed) for section in SECTIONS for seed in SEEDS}
+    incomplete = sorted(setting for setting, done in runs.items() if done != every)
+    if incomplete:
+        print(f"left out, not measured on every section and seed: {incomplete}", file=out)
+    settings = sorted((s for s in runs if s not in incomplete), key=lambda s: (s[2] > 0, s))
 
     def values(setting, section):
         return [r["ari"] for r in rows if (r["objective"], r["lr"], r["steps"]) == setting and r["section"] == section]

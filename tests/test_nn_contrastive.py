@@ -57,6 +57,16 @@ def _loss(net, criterion, seed: int, *, neighbour: bool = True) -> torch.Tensor:
     return criterion(net, _expression(), torch.ones(G, dtype=torch.bool), views, g)
 
 
+def _train(net, criterion, steps: int = 40) -> None:
+    """Adam on the network and the loss's own parameters, each window against itself, a new seed a step."""
+    optimiser = torch.optim.Adam([*net.parameters(), *criterion.parameters()], lr=3e-3)
+    for step in range(steps):
+        loss = _loss(net, criterion, seed=step, neighbour=False)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+
 def test_info_nce_is_log_b_for_identical_rows_and_low_for_matched_pairs():
     b = 8
     same = torch.ones(b, 4)
@@ -109,12 +119,7 @@ def test_niche_contrastive_loss_decreases_on_a_toy_slide():
     # two views of each window: 36 overlapping windows of a 6 × 6 grid are 36 classes to tell apart
     net, criterion = _net(), NicheContrastiveLoss(32, proj_dim=16)
     before = _loss(net, criterion, seed=7, neighbour=False).item()
-    optimiser = torch.optim.Adam([*net.parameters(), *criterion.parameters()], lr=3e-3)
-    for step in range(40):
-        loss = _loss(net, criterion, seed=step, neighbour=False)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    _train(net, criterion)
     assert _loss(net, criterion, seed=7, neighbour=False).item() < 0.85 * before
 
 

@@ -108,8 +108,10 @@ def _domains_from_data_grid(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 
 def _domains_objectives(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     title = (
-        "One from_data initialisation trained on each section with NicheContrastiveLoss (lr 1e-4, batch 32): ARI "
-        "(true K, mean over 3 seeds); steps 0 is the untrained initialisation"
+        "One from_data initialisation trained on each section with NicheContrastiveLoss (neighbour, window) or "
+        "NichePrototypeLoss (prototype-…), lr 1e-4, batch 32: ARI (true K, mean over 3 seeds); steps 0 is the "
+        "untrained initialisation. The setting each data set gets from the other: benchmarks/logs/"
+        "domains_objectives.log"
     )
     return title, _ari_by_section(log, ["objective", "steps"]).reset_index()
 

@@ -23,6 +23,7 @@ from ._masking import sample_modality_drop, sample_position_mask
 from ._multiway import MultiwayBlock, apply_per_segment
 from ._novae import NovaeExpressionEncoder
 from ._pretrain_model import PRETRAINING_ONLY_PREFIXES, StormPretrainModel
+from ._prototype import NichePrototypeLoss, sinkhorn_codes
 from ._slide_model import (
     SLIDE_MODALITIES,
     AttentionPool,
@@ -66,6 +67,7 @@ __all__ = [
     "IntegratedGradients",
     "MultiwayBlock",
     "NicheContrastiveLoss",
+    "NichePrototypeLoss",
     "NovaeExpressionEncoder",
     "PerceiverCompressor",
     "RawExpressionEncoder",
@@ -111,6 +113,7 @@ __all__ = [
     "sample_modality_drop",
     "sample_neighbours",
     "sample_position_mask",
+    "sinkhorn_codes",
     "spatial_alibi_bias",
     "to_unit_float",
     "token_regression_loss",

@@ -127,11 +127,12 @@ def drop_genes(gene_mask: torch.Tensor, p: float, generator: torch.Generator | N
     return gene_mask.bool() & keep
 
 
-class NicheContrastiveLoss(nn.Module):
-    """InfoNCE between the niche embeddings of two augmented views of each window (see the module docstring).
+class TwoViewNicheLoss(nn.Module):
+    """Base of the objectives on two augmented views of each window: the augmentations and a projection head.
 
     A small projection head sits between the niche embedding and the loss (SimCLR's finding: the embedding before
-    the head keeps more of the input). Train the head with the network.
+    the head keeps more of the input). Train the head with the network. A subclass says how the two views'
+    projections are compared (:meth:`compare`).
 
     Parameters
     ----------
@@ -139,23 +140,18 @@ class NicheContrastiveLoss(nn.Module):
         Width of the niche embedding (the network's ``dim``).
     proj_dim
         Width of the projection.
-    temperature
-        InfoNCE temperature.
     p_gene
         Share of each spot's genes dropped per view.
     p_spot
         Share of each window's non-centre spots dropped per view.
     """
 
-    def __init__(
-        self, dim: int, *, proj_dim: int = 64, temperature: float = 0.1, p_gene: float = 0.3, p_spot: float = 0.2
-    ) -> None:
+    def __init__(self, dim: int, *, proj_dim: int = 64, p_gene: float = 0.3, p_spot: float = 0.2) -> None:
         super().__init__()
         for name, value in (("p_gene", p_gene), ("p_spot", p_spot)):
             if not 0 <= value < 1:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, proj_dim))
-        self.temperature = float(temperature)
         self.p_gene = float(p_gene)
         self.p_spot = float(p_spot)
 
@@ -173,6 +169,10 @@ class NicheContrastiveLoss(nn.Module):
         spots: Mapping[str, torch.Tensor] = net.spot_features(expr=expr, gene_mask=mask)
         index = drop_positions(index, self.p_spot, generator)
         return net.embed_windows(spots, index, offsets_um, niche=True)[1]
+
+    def compare(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of the ``(B, proj_dim)`` projections of the two views (row ``i`` of each: one niche)."""
+        raise NotImplementedError
 
     def forward(
         self,
@@ -195,18 +195,46 @@ class NicheContrastiveLoss(nn.Module):
         views
             ``((index_a, offsets_a), (index_b, offsets_b))``: each a long ``(B, W)`` row of ``expr`` per window
             position (``-1`` padding) and its ``(B, W, 2)`` µm offsets; window ``i`` of ``a`` and of ``b`` are
-            the positive pair.
+            the two views of one niche.
         generator
             Random generator of the augmentations.
 
         Returns
         -------
         torch.Tensor
-            Scalar loss.
+            Scalar loss (:meth:`compare` of the two views' projections).
         """
         (index_a, offsets_a), (index_b, offsets_b) = views
         if index_a.shape[0] != index_b.shape[0]:
             raise ValueError(f"The views hold {index_a.shape[0]} and {index_b.shape[0]} windows; pair them one to one.")
         za = self.niche(net, expr, gene_mask, index_a, offsets_a, generator)
         zb = self.niche(net, expr, gene_mask, index_b, offsets_b, generator)
-        return info_nce_loss(self.head(za), self.head(zb), self.temperature)
+        return self.compare(self.head(za), self.head(zb))
+
+
+class NicheContrastiveLoss(TwoViewNicheLoss):
+    """InfoNCE between the niche embeddings of two augmented views of each window (see the module docstring).
+
+    Parameters
+    ----------
+    dim
+        Width of the niche embedding (the network's ``dim``).
+    proj_dim
+        Width of the projection.
+    temperature
+        InfoNCE temperature.
+    p_gene
+        Share of each spot's genes dropped per view.
+    p_spot
+        Share of each window's non-centre spots dropped per view.
+    """
+
+    def __init__(
+        self, dim: int, *, proj_dim: int = 64, temperature: float = 0.1, p_gene: float = 0.3, p_spot: float = 0.2
+    ) -> None:
+        super().__init__(dim, proj_dim=proj_dim, p_gene=p_gene, p_spot=p_spot)
+        self.temperature = float(temperature)
+
+    def compare(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE of the two views, the other windows of the batch as negatives."""
+        return info_nce_loss(a, b, self.temperature)
