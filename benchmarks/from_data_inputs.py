@@ -113,39 +113,21 @@ def summary(rows: list[dict], units: list[str], groups: dict[str, list[str]], ou
 def main() -> None:
     out = Tee(sys.stdout, (HERE / "logs" / "from_data_inputs.log").open("w"))
     rows: list[dict] = []
+
+    def record(task: str, setting: str, seed: int, unit: str, score: float, seconds: float, metric: str) -> None:
+        rows.append({"task": task, "setting": setting, "seed": seed, "unit": unit, "score": score, "seconds": seconds})
+        print(f"{task} | {setting}, seed {seed} | {unit}: {metric} {score:.3f} ({seconds:.0f} s)", file=out, flush=True)
+
     for target, n_genes in DOMAIN_SETTINGS:
         for seed in SEEDS:
             for section in SECTIONS:
-                ari, seconds = domains_ari(section, target, n_genes, seed)
-                setting = label(target, n_genes)
-                rows.append(
-                    {
-                        "task": "domains",
-                        "setting": setting,
-                        "seed": seed,
-                        "unit": section,
-                        "score": ari,
-                        "seconds": seconds,
-                    }
-                )
-                print(
-                    f"domains | {setting}, seed {seed} | {section}: ARI {ari:.3f} ({seconds:.0f} s)",
-                    file=out,
-                    flush=True,
-                )
+                score, seconds = domains_ari(section, target, n_genes, seed)
+                record("domains", label(target, n_genes), seed, section, score, seconds, "ARI")
     for target, context in CELL_SETTINGS:
         for seed in SEEDS:
             for name in DATASETS:
-                acc, seconds = cell_accuracy(name, target, context, seed)
-                setting = label(target, context)
-                rows.append(
-                    {"task": "cells", "setting": setting, "seed": seed, "unit": name, "score": acc, "seconds": seconds}
-                )
-                print(
-                    f"cells | {setting}, seed {seed} | {name}: 15-NN accuracy {acc:.3f} ({seconds:.0f} s)",
-                    file=out,
-                    flush=True,
-                )
+                score, seconds = cell_accuracy(name, target, context, seed)
+                record("cells", label(target, context), seed, name, score, seconds, "15-NN accuracy")
     with (HERE / "logs" / "from_data_inputs.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
