@@ -20,6 +20,7 @@ import numpy as np
 
 #: Intensity of bare glass (OD 0). The usual value for brightfield scans, as in Macenko et al.
 BACKGROUND_INTENSITY = 240.0
+_UINT8_DENSITY = -np.log((np.arange(256, dtype=np.float64) + 1.0) / BACKGROUND_INTENSITY)
 #: Pixels whose OD is below this in any channel are background or too faint to carry stain information.
 OD_THRESHOLD = 0.15
 #: Percentile of the angles (and of the concentrations) taken as the extreme stain directions (and maxima).
@@ -75,8 +76,10 @@ class StainProfile:
 
 
 def _optical_density(rgb: np.ndarray) -> np.ndarray:
-    rgb = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
-    return -np.log((rgb + 1.0) / BACKGROUND_INTENSITY)
+    rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint8:  # a table of the 256 grey levels' densities: a lookup, not a log per pixel
+        return _UINT8_DENSITY[rgb.reshape(-1, 3)]
+    return -np.log((rgb.astype(np.float64).reshape(-1, 3) + 1.0) / BACKGROUND_INTENSITY)
 
 
 def fit_stain_profile(pixels: np.ndarray) -> StainProfile:
@@ -124,7 +127,7 @@ def fit_stain_profile(pixels: np.ndarray) -> StainProfile:
     v_hi = plane @ np.array([np.cos(hi), np.sin(hi)])
     matrix = np.stack([v_lo, v_hi], axis=1) if v_lo[0] > v_hi[0] else np.stack([v_hi, v_lo], axis=1)
     matrix /= np.linalg.norm(matrix, axis=0, keepdims=True)
-    concentrations = np.linalg.lstsq(matrix, tissue.T, rcond=None)[0]
+    concentrations = np.linalg.pinv(matrix) @ tissue.T  # the least-squares solution, without lstsq's cost
     maxima = np.percentile(concentrations, 100 - ANGLE_PERCENTILE, axis=1)
     if not (maxima > 0).all():
         raise ValueError("The fitted stains have no positive concentration: the pixels do not look like H&E.")
@@ -155,8 +158,13 @@ def normalize_stain(pixels: np.ndarray, source: StainProfile, target: StainProfi
     """
     target = StainProfile.reference() if target is None else target
     pixels = np.asarray(pixels)
-    od = _optical_density(pixels)
-    concentrations = np.linalg.lstsq(source.stain_matrix, od.T, rcond=None)[0]
-    concentrations *= (target.max_concentrations / source.max_concentrations)[:, None]
-    rgb = BACKGROUND_INTENSITY * np.exp(-(target.stain_matrix @ concentrations)) - 1.0
-    return np.clip(np.rint(rgb.T), 0, 255).astype(np.uint8).reshape(pixels.shape)
+    # channels first ((3, N), contiguous): the 3 × 3 product below is then one fast matrix product
+    flat = pixels.reshape(-1, 3).T
+    od = _UINT8_DENSITY[flat] if pixels.dtype == np.uint8 else _optical_density(pixels).T
+    # concentrations = pinv(source) @ od (the least-squares solution), rescaled, re-rendered with the target's
+    # stains: one 3 × 3 map of optical densities, applied to every pixel at once
+    scale = target.max_concentrations / source.max_concentrations
+    od_map = target.stain_matrix @ (scale[:, None] * np.linalg.pinv(source.stain_matrix))
+    rgb = BACKGROUND_INTENSITY * np.exp(-(od_map @ od)) - 1.0
+    out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out.T).reshape(pixels.shape)
