@@ -11,6 +11,10 @@ seed changed) on a corpus that leaves out every slide of the sections it evaluat
 Leaving a whole data set out is stricter than leaving one donor or patient out: the model has seen no slide of the
 evaluated cohort, so gene embeddings, which start from PCA loadings of the corpus, carry nothing from it either.
 ``fold_of`` and ``corpus_slides`` are what the tests check (``tests/test_benchmark_folds.py``).
+
+Each fold is pretrained with the recipe's objective (masked multimodal modelling, the paper's) and, as the
+structure-aware ablation, with Novae's swapped prototype assignment of two views of each window added to it
+(``objective.niche_loss: prototype``, weight 1; :class:`storm.nn.NichePrototypeLoss`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "storm" / "train" / "configs" / "storm_mini.yaml"
 RUNS = ROOT / "runs" / "domain_folds"
 SEEDS = (0, 1, 2)
+#: objective label -> the recipe's ``objective`` section (``None``: the recipe's own, masked modelling alone)
+OBJECTIVES = {"masked": None, "masked + prototype": {"niche_loss": "prototype", "niche_weight": 1.0}}
 
 DLPFC_SECTIONS = ("151673", "151674")
 
@@ -74,32 +80,48 @@ def fold_of(section: str) -> Fold:
     return fold
 
 
-def fold_config(fold: Fold) -> Path:
-    """storm-mini's recipe with the fold's corpus, written under ``runs/domain_folds/<fold>/config.yaml``."""
+def run_name(fold: Fold, objective: str = "masked") -> str:
+    """Folder of a fold's runs under ``runs/domain_folds``: the fold's name, suffixed with a niche objective's."""
+    extra = OBJECTIVES[objective]
+    return fold.name if extra is None else f"{fold.name}-{extra['niche_loss']}"
+
+
+def fold_config(fold: Fold, objective: str = "masked") -> Path:
+    """storm-mini's recipe with the fold's corpus (and objective), written under ``runs/domain_folds/<run>/``."""
     import yaml
 
     config = yaml.safe_load(RECIPE.read_text())
     config["data"]["datasets"] = fold.datasets
-    path = RUNS / fold.name / "config.yaml"
+    if OBJECTIVES[objective] is not None:
+        config["objective"] = dict(OBJECTIVES[objective])
+    path = RUNS / run_name(fold, objective) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def pretrain_fold(fold: Fold, seed: int, *, threads: int = 2, log=sys.stdout) -> Path:
-    """Pretrain the fold's model for ``seed`` unless it exists; return its model folder."""
-    folder = RUNS / fold.name / f"seed{seed}"
+def model_folder(fold: Fold, seed: int, objective: str = "masked") -> Path:
+    """Where the fold's model of ``seed`` (and ``objective``) is saved."""
+    return RUNS / run_name(fold, objective) / f"seed{seed}" / "model"
+
+
+def pretrain_fold(fold: Fold, seed: int, *, objective: str = "masked", threads: int = 2, log=sys.stdout) -> Path:
+    """Pretrain the fold's model for ``seed`` and ``objective`` unless it exists; return its model folder."""
+    folder = model_folder(fold, seed, objective).parent
+    name = f"{run_name(fold, objective)} seed {seed}"
     if (folder / "model" / "config.json").is_file():
-        print(f"[reuse] {fold.name} seed {seed}", file=log, flush=True)
+        print(f"[reuse] {name}", file=log, flush=True)
         return folder / "model"
-    cmd = [sys.executable, "-m", "storm", "pretrain", str(fold_config(fold)), "--output", str(folder),
+    cmd = [sys.executable, "-m", "storm", "pretrain", str(fold_config(fold, objective)), "--output", str(folder),
            "--seed", str(seed), "--quiet"]  # fmt: skip
-    print(f"[train] {fold.name} seed {seed} ...", file=log, flush=True)
+    print(f"[train] {name} ...", file=log, flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, cwd=ROOT)
     return folder / "model"
 
 
-if __name__ == "__main__":  # pretrain every fold and seed: python benchmarks/_folds.py [THREADS]
+if __name__ == "__main__":  # pretrain every fold and seed: python benchmarks/_folds.py [THREADS] [OBJECTIVE]
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    objective = sys.argv[2] if len(sys.argv) > 2 else "masked"
     for f in FOLDS:
         for s in SEEDS:
-            pretrain_fold(f, s, threads=int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+            pretrain_fold(f, s, objective=objective, threads=threads)

@@ -36,3 +36,17 @@ def test_fold_config_changes_only_the_corpus():
     assert written["data"]["datasets"] == {"dlpfc": ["151673", "151674"]}
     written["data"]["datasets"] = recipe["data"]["datasets"]
     assert written == recipe
+
+
+def test_objective_fold_config_adds_only_the_objective_and_has_its_own_runs():
+    import yaml
+
+    fold = _folds.FOLDS[0]
+    masked = yaml.safe_load(_folds.fold_config(fold).read_text())
+    prototype = yaml.safe_load(_folds.fold_config(fold, "masked + prototype").read_text())
+    assert prototype.pop("objective") == {"niche_loss": "prototype", "niche_weight": 1.0}
+    assert prototype == masked
+    assert _folds.model_folder(fold, 0) != _folds.model_folder(fold, 0, "masked + prototype")
+    from storm.train import PretrainConfig
+
+    assert PretrainConfig.from_yaml(_folds.fold_config(fold, "masked + prototype")).objective.niche_loss == "prototype"

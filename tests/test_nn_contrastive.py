@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from storm.nn import (
+    BatchKeys,
     NicheContrastiveLoss,
     StormNetConfig,
     StormPretrainModel,
+    batch_window_views,
     drop_genes,
     drop_positions,
     info_nce_loss,
@@ -130,3 +132,25 @@ def test_niche_contrastive_loss_refuses_bad_input():
     with pytest.raises(ValueError, match="pair them one to one"):
         NicheContrastiveLoss(32)(_net(), _expression(), torch.ones(G, dtype=torch.bool),
                                  ((index, offsets), (index[:3], offsets[:3])))  # fmt: skip
+
+
+def test_batch_window_views_flattens_windows_and_drops_those_without_expression():
+    expr = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)
+    batch = {
+        BatchKeys.EXPR: expr,
+        BatchKeys.OFFSETS: torch.randn(3, 4, 2),
+        BatchKeys.GENE_MASK: torch.tensor([[True, False], [True, True], [True, True]]),
+        BatchKeys.POS_MASK: torch.tensor([[1, 1, 0, 1], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool),
+        BatchKeys.HAS_EXPR: torch.tensor([True, False, True]),  # the second window: a slide without expression
+    }
+    rows, mask, ((index_a, offsets_a), (index_b, offsets_b)) = batch_window_views(batch)
+    assert rows.shape == mask.shape == (8, 2)  # windows 0 and 2, four positions each
+    torch.testing.assert_close(rows, torch.cat([expr[0], expr[2]]))
+    assert not mask[:4, 1].any()
+    assert mask[4:].all()
+    assert index_a.tolist() == [[0, 1, -1, 3], [4, 5, 6, 7]]  # padding stays padding
+    assert index_a is index_b
+    assert offsets_a is offsets_b
+    torch.testing.assert_close(offsets_a, batch[BatchKeys.OFFSETS][[0, 2]])
+    with pytest.raises(ValueError, match="no expression"):
+        batch_window_views({BatchKeys.OFFSETS: torch.zeros(1, 1, 2)})

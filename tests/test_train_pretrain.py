@@ -209,6 +209,37 @@ def test_pretrain_writes_model_checkpoints_and_metrics(adata, tmp_path):
     assert training["n_spots"] == 49
 
 
+@pytest.mark.parametrize("niche_loss", ["prototype", "contrastive"])
+def test_pretrain_adds_a_niche_objective(adata, tmp_path, niche_loss):
+    """objective.niche_loss adds a logged, recorded term whose head trains with the network (not saved with it)."""
+    config = _config(tmp_path, objective={"niche_loss": niche_loss, "niche_weight": 0.5},
+                     trainer={"max_steps": 2, "log_every_n_steps": 1})  # fmt: skip
+    _model, trainer = pretrain(config)
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    niche = [float(r["train/loss_niche_step"]) for r in rows if r.get("train/loss_niche_step")]
+    assert len(niche) == 2
+    assert all(np.isfinite(niche))
+    optimiser = trainer.optimizers[0]
+    for p in trainer.lightning_module.niche_objective.parameters():  # stepped by the optimiser with the network
+        assert int(optimiser.state[p]["step"]) == 2
+    import json
+
+    training = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["training"]
+    assert training["objective"] == {"niche_loss": niche_loss, "niche_weight": 0.5}
+    saved = StormModel.load(tmp_path / "run" / "model")  # the saved model is the network alone
+    assert not any("niche" in k for k in saved.module.state_dict())
+    assert saved.embed(adata, progress=False).shape == (49, 16)
+
+
+def test_niche_objective_bad_config_fails_before_reading_data():
+    with pytest.raises(ValueError, match=r"objective\.niche_loss must be one of"):
+        PretrainConfig.from_dict({"objective": {"niche_loss": "swav"}})
+    with pytest.raises(ValueError, match=r"objective\.niche_weight must be > 0"):
+        PretrainConfig.from_dict({"objective": {"niche_loss": "prototype", "niche_weight": 0}})
+    with pytest.raises(ValueError, match="`niche_loss` must be one of"):
+        StormLightningModule(NET | {"n_genes": 10}, niche_loss="swav")
+
+
 @pytest.mark.slow
 def test_pretraining_lowers_the_loss_on_her2st(tmp_path):
     """40 steps on HER2ST C2 (full-resolution H&E, 187 spots) lower the masked-reconstruction loss."""

@@ -51,15 +51,16 @@ def _domains(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
 
 def _domains_folds(log: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     scored = log[log["role"].isin(["held-out", "contaminated"]) & (log["smooth"] == 0)].copy()
-    scored["models"] = scored["fold"].map(
-        lambda fold: (
-            "shipped storm-mini (pretrained on every section)"
-            if fold == "none"
-            else "untrained, set up on the section"
-            if fold.endswith("(section-own)")
-            else "pretrained on the other data set (held-out fold)"
-        )
-    )
+    # rows logged before the objective column are the recipe's objective (masked modelling)
+    objective = scored["objective"].fillna("masked") if "objective" in scored else pd.Series("masked", scored.index)
+    scored["models"] = [
+        "shipped storm-mini (pretrained on every section)"
+        if fold == "none"
+        else "untrained, set up on the section"
+        if fold.endswith("(section-own)")
+        else f"pretrained on the other data set (held-out fold), {obj}"
+        for fold, obj in zip(scored["fold"], objective, strict=True)
+    ]
     scored["section"] = scored["section"].astype(str)
     table = scored.pivot_table(index=["models", "pipeline"], columns="section", values="ari", aggfunc="mean")
     table = table[[s for s in map(str, log["section"].unique()) if s in table.columns]]

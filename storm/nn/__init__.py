@@ -9,7 +9,14 @@ from ._attention import FeedForward, SelfAttention, TransformerBlock
 from ._augment import augment_patches, hed_jitter
 from ._batch import BatchKeys
 from ._config import StormNetConfig
-from ._contrastive import NicheContrastiveLoss, drop_genes, drop_positions, info_nce_loss, sample_neighbours
+from ._contrastive import (
+    NicheContrastiveLoss,
+    batch_window_views,
+    drop_genes,
+    drop_positions,
+    info_nce_loss,
+    sample_neighbours,
+)
 from ._decoders import TokenDecoder
 from ._efficientnet import EFFICIENTNET_LITE_VARIANTS, EfficientNetLite, EfficientNetLiteEncoder
 from ._efficientnet_weights import PRETRAINED_EFFICIENTNET, load_imagenet_weights, pretrained_weights
@@ -91,6 +98,7 @@ __all__ = [
     "apply_per_segment",
     "attention_mask",
     "augment_patches",
+    "batch_window_views",
     "broadcast_gene_mask",
     "centre_embedding",
     "cox_partial_likelihood_loss",

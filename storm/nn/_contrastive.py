@@ -16,12 +16,22 @@ random share of its non-centre spots. Tensors in, a loss out; the training loop 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NicheContrastiveLoss", "drop_genes", "drop_positions", "info_nce_loss", "sample_neighbours"]
+from ._batch import BatchKeys
+
+__all__ = [
+    "NicheContrastiveLoss",
+    "batch_window_views",
+    "drop_genes",
+    "drop_positions",
+    "info_nce_loss",
+    "sample_neighbours",
+]
 
 
 def info_nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -125,6 +135,52 @@ def drop_genes(gene_mask: torch.Tensor, p: float, generator: torch.Generator | N
     """
     keep = torch.rand(gene_mask.shape, generator=generator, device=gene_mask.device) >= p
     return gene_mask.bool() & keep
+
+
+def batch_window_views(
+    batch: Mapping[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+    """Turn the windows of a pretraining batch into ``"window"`` views of themselves, a niche objective's input.
+
+    A batch of windows (:class:`BatchKeys`) holds each window's spots, not the windows of their neighbours, so the
+    two views of a window are the window itself twice (the augmentations of :class:`TwoViewNicheLoss` tell them
+    apart). Windows whose centre has no expression (a slide read from its image alone) are left out.
+
+    Parameters
+    ----------
+    batch
+        Dict with ``EXPR`` ``(B, W, G)``, ``OFFSETS`` ``(B, W, 2)`` and optionally ``GENE_MASK``, ``POS_MASK`` and
+        ``HAS_EXPR``.
+
+    Returns
+    -------
+    tuple
+        ``(expr, gene_mask, views)`` as :meth:`TwoViewNicheLoss.forward` takes them: ``(N, G)`` expression and
+        gene mask of the kept windows' positions, and the same ``(index, offsets)`` view twice (``index`` ``-1``
+        at padded positions and positions without expression). ``N`` is 0 when no window has expression.
+    """
+    expr = batch.get(BatchKeys.EXPR)
+    if expr is None:
+        raise ValueError("The batch has no expression (`BatchKeys.EXPR`): a niche objective needs it.")
+    n_windows, width, n_genes = expr.shape
+    offsets = batch[BatchKeys.OFFSETS]
+    valid = batch.get(BatchKeys.POS_MASK)
+    valid = torch.ones(n_windows, width, dtype=torch.bool, device=expr.device) if valid is None else valid.bool()
+    has_expr = batch.get(BatchKeys.HAS_EXPR)
+    if has_expr is not None:
+        has_expr = has_expr.bool()
+        valid = valid & (has_expr.unsqueeze(1) if has_expr.ndim == 1 else has_expr)
+    gene_mask = batch.get(BatchKeys.GENE_MASK)
+    if gene_mask is None:
+        gene_mask = torch.ones(n_windows, width, n_genes, dtype=torch.bool, device=expr.device)
+    elif gene_mask.ndim == 2:
+        gene_mask = gene_mask.bool().unsqueeze(1).expand(n_windows, width, n_genes)
+    keep = valid[:, 0]
+    valid, offsets = valid[keep], offsets[keep]
+    rows = torch.arange(valid.numel(), device=expr.device).view(valid.shape)
+    index = torch.where(valid, rows, torch.full_like(rows, -1))
+    view = (index, offsets)
+    return expr[keep].reshape(-1, n_genes), gene_mask[keep].reshape(-1, n_genes), (view, view)
 
 
 class TwoViewNicheLoss(nn.Module):

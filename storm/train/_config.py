@@ -14,6 +14,7 @@ __all__ = [
     "DataConfig",
     "GenesConfig",
     "HestConfig",
+    "ObjectiveConfig",
     "OptimConfig",
     "PretrainConfig",
     "ProbeConfig",
@@ -122,6 +123,35 @@ class SetupConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What pretraining optimises beside masked multimodal modelling (see :class:`storm.train.StormLightningModule`).
+
+    Attributes
+    ----------
+    niche_loss
+        ``None`` (masked modelling alone, the paper), ``"prototype"`` (Novae's swapped prototype assignment of
+        two augmented views of each window, :class:`storm.nn.NichePrototypeLoss`) or ``"contrastive"``
+        (:class:`storm.nn.NicheContrastiveLoss`).
+    niche_weight
+        Its weight in the total loss.
+    """
+
+    niche_loss: str | None = None
+    niche_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        # checked here, not when the module is built: a typo should fail before the data are read
+        from storm.train._module import NICHE_LOSSES
+
+        if self.niche_loss is not None and self.niche_loss not in NICHE_LOSSES:
+            raise ValueError(
+                f"objective.niche_loss must be one of {sorted(NICHE_LOSSES)} or null, got {self.niche_loss!r}."
+            )
+        if not self.niche_weight > 0:
+            raise ValueError(f"objective.niche_weight must be > 0, got {self.niche_weight}.")
+
+
+@dataclass
 class OptimConfig:
     """Optimiser and schedule (see :class:`storm.train.StormLightningModule`)."""
 
@@ -227,7 +257,7 @@ class PretrainConfig:
 
     Attributes
     ----------
-    data, genes, setup, optim, trainer
+    data, genes, setup, objective, optim, trainer
         Sections of the run (see their classes).
     net
         :class:`storm.nn.StormNetConfig` fields (``n_genes`` and ``window_size`` follow from the genes and the
@@ -245,6 +275,7 @@ class PretrainConfig:
     genes: GenesConfig = field(default_factory=GenesConfig)
     net: dict[str, Any] = field(default_factory=dict)
     setup: SetupConfig = field(default_factory=SetupConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output: str = "storm-pretrain"
@@ -255,8 +286,8 @@ class PretrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
         """Build from a nested dict (YAML); unknown keys are an error."""
         d = dict(d or {})
-        sections = {"data": DataConfig, "genes": GenesConfig, "setup": SetupConfig, "optim": OptimConfig,
-                    "trainer": TrainerConfig}  # fmt: skip
+        sections = {"data": DataConfig, "genes": GenesConfig, "setup": SetupConfig, "objective": ObjectiveConfig,
+                    "optim": OptimConfig, "trainer": TrainerConfig}  # fmt: skip
         known = set(sections) | {"net", "output", "no_pretraining", "probe"}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -9,7 +9,17 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 
-from storm.nn import BatchKeys, StormNetConfig, StormPretrainModel
+from storm.nn import (
+    BatchKeys,
+    NicheContrastiveLoss,
+    NichePrototypeLoss,
+    StormNetConfig,
+    StormPretrainModel,
+    batch_window_views,
+)
+
+#: The structure-aware objectives that may be added to masked modelling (``niche_loss``).
+NICHE_LOSSES = {"prototype": NichePrototypeLoss, "contrastive": NicheContrastiveLoss}
 
 __all__ = ["StormLightningModule", "WarmupCosine", "step_seed"]
 
@@ -97,12 +107,19 @@ class StormLightningModule(LightningModule):
         Final learning rate as a share of ``lr``.
     seed
         Base seed of the masks.
+    niche_loss
+        A structure-aware objective added to masked modelling, on the niche embeddings of two augmented views of
+        each window of the batch (:func:`storm.nn.batch_window_views`): ``"prototype"``
+        (:class:`storm.nn.NichePrototypeLoss`, Novae's swapped prototype assignment) or ``"contrastive"``
+        (:class:`storm.nn.NicheContrastiveLoss`); ``None``: masked modelling alone (the paper).
+    niche_weight
+        Weight of ``niche_loss`` in the total loss.
 
     Notes
     -----
-    Logged: ``train/loss``, ``train/loss_expr``, ``train/loss_img``, ``train/loss_expr_self`` per step and per
-    epoch (``_step``/``_epoch`` suffixes), ``train/lr`` per step, ``train/teacher_std`` per step where images were
-    reconstructed, and ``val/…`` the same per epoch.
+    Logged: ``train/loss``, ``train/loss_expr``, ``train/loss_img``, ``train/loss_expr_self`` (and
+    ``train/loss_niche`` with a ``niche_loss``) per step and per epoch (``_step``/``_epoch`` suffixes), ``train/lr``
+    per step, ``train/teacher_std`` per step where images were reconstructed, and ``val/…`` the same per epoch.
     """
 
     def __init__(
@@ -115,14 +132,22 @@ class StormLightningModule(LightningModule):
         total_steps: int | None = None,
         min_lr_ratio: float = 0.0,
         seed: int = 0,
+        niche_loss: str | None = None,
+        niche_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if niche_loss is not None and niche_loss not in NICHE_LOSSES:
+            raise ValueError(f"`niche_loss` must be one of {sorted(NICHE_LOSSES)} or None, got {niche_loss!r}.")
+        if not niche_weight > 0:
+            raise ValueError(f"`niche_weight` must be > 0, got {niche_weight}.")
         if isinstance(net, StormPretrainModel):
             model = net
         else:
             config = net if isinstance(net, StormNetConfig) else StormNetConfig.from_dict(dict(net))
             model = StormPretrainModel(config)
         self.model = model
+        # the objective's projection head (and prototypes) train with the network but are not part of the model
+        self.niche_objective = None if niche_loss is None else NICHE_LOSSES[niche_loss](model.config.dim)
         # The net config (not the module) is the hyper-parameter: load_from_checkpoint rebuilds the network from it.
         self.save_hyperparameters(
             {
@@ -133,6 +158,8 @@ class StormLightningModule(LightningModule):
                 "total_steps": total_steps,
                 "min_lr_ratio": min_lr_ratio,
                 "seed": seed,
+                "niche_loss": niche_loss,
+                "niche_weight": niche_weight,
             }
         )
 
@@ -140,7 +167,11 @@ class StormLightningModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over the network's parameter groups, with the warm-up + cosine schedule stepped per step."""
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.model.param_groups(hp.lr, hp.weight_decay), lr=hp.lr)
+        groups = self.model.param_groups(hp.lr, hp.weight_decay)
+        if self.niche_objective is not None:
+            groups.insert(0, {"params": list(self.niche_objective.parameters()), "lr": hp.lr,
+                              "weight_decay": hp.weight_decay})  # fmt: skip
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(hp.warmup_steps, total, hp.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -166,12 +197,22 @@ class StormLightningModule(LightningModule):
         sync = self.trainer is not None and self.trainer.world_size > 1
         kwargs = {"on_step": on_step, "on_epoch": True, "batch_size": batch_size, "sync_dist": sync}
         self.log(f"{prefix}/loss", out["loss"].detach().float(), prog_bar=True, **kwargs)
-        parts = {f"{prefix}/{k}": out[k].detach().float() for k in ("loss_expr", "loss_img", "loss_expr_self")}
-        self.log_dict(parts, **kwargs)
+        names = ("loss_expr", "loss_img", "loss_expr_self") + (("loss_niche",) if "loss_niche" in out else ())
+        self.log_dict({f"{prefix}/{k}": out[k].detach().float() for k in names}, **kwargs)
+
+    def _losses(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Compute the masked-modelling losses, and ``loss_niche`` (added to ``loss``, weighted) where one is set."""
+        out = self.model(batch, generator=generator)
+        if self.niche_objective is not None and batch.get(BatchKeys.EXPR) is not None:
+            expr, gene_mask, views = batch_window_views(batch)
+            if expr.shape[0]:
+                niche = self.niche_objective(self.model, expr, gene_mask, views, generator)
+                out = {**out, "loss_niche": niche, "loss": out["loss"] + self.hparams.niche_weight * niche}
+        return out
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Masked reconstruction loss of one batch of windows."""
-        out = self.model(batch, generator=self._generator(batch_idx))
+        """Masked reconstruction loss of one batch of windows (plus the niche objective where one is set)."""
+        out = self._losses(batch, self._generator(batch_idx))
         b = batch[BatchKeys.OFFSETS].shape[0]
         self._log_losses(out, "train", b, on_step=True)
         # the learning rate of the top-level groups (an image backbone's lower layers get less under layer decay)
@@ -185,6 +226,5 @@ class StormLightningModule(LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Masked reconstruction loss with masks fixed per validation batch (comparable across epochs)."""
         seed = step_seed(self.hparams.seed, _VALIDATION_STEP, batch_idx, self.global_rank)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        out = self.model(batch, generator=generator)
+        out = self._losses(batch, torch.Generator(device=self.device).manual_seed(seed))
         self._log_losses(out, "val", batch[BatchKeys.OFFSETS].shape[0], on_step=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -352,6 +353,8 @@ def pretrain(config: PretrainConfig | dict[str, Any] | str | os.PathLike) -> tup
         total_steps=config.optim.total_steps,
         min_lr_ratio=config.optim.min_lr_ratio,
         seed=tc.seed,
+        niche_loss=config.objective.niche_loss,
+        niche_weight=config.objective.niche_weight,
     )
     trainer = build_trainer(config, has_validation=datamodule.has_validation)
     probe = None
@@ -376,6 +379,7 @@ def pretrain(config: PretrainConfig | dict[str, Any] | str | os.PathLike) -> tup
             "seconds": round(seconds, 1),
             "batch_size": tc.batch_size,
             "devices": str(tc.devices),
+            "objective": dataclasses.asdict(config.objective),
             "final_metrics": metrics,
         }
         if probe is not None:
