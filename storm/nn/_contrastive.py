@@ -143,7 +143,7 @@ def batch_window_views(
     """Turn the windows of a pretraining batch into ``"window"`` views of themselves, a niche objective's input.
 
     A batch of windows (:class:`BatchKeys`) holds each window's spots, not the windows of their neighbours, so the
-    two views of a window are the window itself twice (the augmentations of :class:`TwoViewNicheLoss` tell them
+    two views of a window are the window itself twice (the augmentations of the niche objective tell them
     apart). Windows whose centre has no expression (a slide read from its image alone) are left out.
 
     Parameters
@@ -155,9 +155,10 @@ def batch_window_views(
     Returns
     -------
     tuple
-        ``(expr, gene_mask, views)`` as :meth:`TwoViewNicheLoss.forward` takes them: ``(N, G)`` expression and
-        gene mask of the kept windows' positions, and the same ``(index, offsets)`` view twice (``index`` ``-1``
-        at padded positions and positions without expression). ``N`` is 0 when no window has expression.
+        ``(expr, gene_mask, views)`` as :class:`~storm.nn.NichePrototypeLoss` and
+        :class:`~storm.nn.NicheContrastiveLoss` take them: ``(N, G)`` expression and gene mask of the kept windows'
+        positions, and the same ``(index, offsets)`` view twice (``index`` ``-1`` at padded positions and positions
+        without expression). ``N`` is 0 when no window has expression.
     """
     expr = batch.get(BatchKeys.EXPR)
     if expr is None:
