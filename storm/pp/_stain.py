@@ -76,10 +76,11 @@ class StainProfile:
 
 
 def _optical_density(rgb: np.ndarray) -> np.ndarray:
-    rgb = np.asarray(rgb)
+    """``(N, 3)`` optical densities of RGB pixels."""
+    rgb = np.asarray(rgb).reshape(-1, 3)
     if rgb.dtype == np.uint8:  # a table of the 256 grey levels' densities: a lookup, not a log per pixel
-        return _UINT8_DENSITY[rgb.reshape(-1, 3)]
-    return -np.log((rgb.astype(np.float64).reshape(-1, 3) + 1.0) / BACKGROUND_INTENSITY)
+        return _UINT8_DENSITY[rgb]
+    return -np.log((rgb.astype(np.float64) + 1.0) / BACKGROUND_INTENSITY)
 
 
 def fit_stain_profile(pixels: np.ndarray) -> StainProfile:
@@ -158,9 +159,7 @@ def normalize_stain(pixels: np.ndarray, source: StainProfile, target: StainProfi
     """
     target = StainProfile.reference() if target is None else target
     pixels = np.asarray(pixels)
-    # channels first ((3, N), contiguous): the 3 × 3 product below is then one fast matrix product
-    flat = pixels.reshape(-1, 3).T
-    od = _UINT8_DENSITY[flat] if pixels.dtype == np.uint8 else _optical_density(pixels).T
+    od = np.ascontiguousarray(_optical_density(pixels).T)  # channels first: the 3 × 3 product is then fast
     # concentrations = pinv(source) @ od (the least-squares solution), rescaled, re-rendered with the target's
     # stains: one 3 × 3 map of optical densities, applied to every pixel at once
     scale = target.max_concentrations / source.max_concentrations

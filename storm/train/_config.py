@@ -141,14 +141,11 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         # checked here, not when the module is built: a typo should fail before the data are read
-        from storm.train._module import NICHE_LOSSES
+        from storm.train._module import check_niche_objective
 
-        if self.niche_loss is not None and self.niche_loss not in NICHE_LOSSES:
-            raise ValueError(
-                f"objective.niche_loss must be one of {sorted(NICHE_LOSSES)} or null, got {self.niche_loss!r}."
-            )
-        if not self.niche_weight > 0:
-            raise ValueError(f"objective.niche_weight must be > 0, got {self.niche_weight}.")
+        check_niche_objective(
+            self.niche_loss, self.niche_weight, names=("objective.niche_loss", "objective.niche_weight")
+        )
 
 
 @dataclass

@@ -21,6 +21,15 @@ from storm.nn import (
 #: The structure-aware objectives that may be added to masked modelling (``niche_loss``).
 NICHE_LOSSES = {"prototype": NichePrototypeLoss, "contrastive": NicheContrastiveLoss}
 
+
+def check_niche_objective(niche_loss: str | None, niche_weight: float, *, names: tuple[str, str]) -> None:
+    """Raise a ``ValueError`` for an unknown ``niche_loss`` or a weight ≤ 0; ``names``: how the caller calls them."""
+    if niche_loss is not None and niche_loss not in NICHE_LOSSES:
+        raise ValueError(f"{names[0]} must be one of {sorted(NICHE_LOSSES)} or null/None, got {niche_loss!r}.")
+    if not niche_weight > 0:
+        raise ValueError(f"{names[1]} must be > 0, got {niche_weight}.")
+
+
 __all__ = ["StormLightningModule", "WarmupCosine", "step_seed"]
 
 #: Stands in for the global step in the seeds of validation masks (fixed across epochs, apart from training's).
@@ -136,10 +145,7 @@ class StormLightningModule(LightningModule):
         niche_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if niche_loss is not None and niche_loss not in NICHE_LOSSES:
-            raise ValueError(f"`niche_loss` must be one of {sorted(NICHE_LOSSES)} or None, got {niche_loss!r}.")
-        if not niche_weight > 0:
-            raise ValueError(f"`niche_weight` must be > 0, got {niche_weight}.")
+        check_niche_objective(niche_loss, niche_weight, names=("`niche_loss`", "`niche_weight`"))
         if isinstance(net, StormPretrainModel):
             model = net
         else:
